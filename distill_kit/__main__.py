@@ -1,0 +1,3 @@
+from distill_kit.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""Where a manifest's models and datasets are on this machine. Runs never download: a missing asset fails fast
+and names ``distill-kit assets fetch``.
+
+- ``builtin``: the tiny assets shipped in the package (``distill_kit/assets/tiny``);
+- ``hf``: a hub repository at a pinned revision, in the kit's cache (``$DISTILL_KIT_CACHE``, default
+  ``~/.cache/distill-kit``) under ``hf/<owner>--<name>/<revision>/``, put there by ``assets fetch``;
+- ``local``: a directory or file on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from distill_kit._io import sha256_file
+from distill_kit.errors import AssetMismatch, AssetMissing
+
+TINY_DIR = Path(__file__).resolve().parent / "tiny"
+BUILTIN = {"tiny-teacher": "teacher", "tiny-student": "student", "tiny-tokenizer": "tokenizer", "tiny-task": "task"}
+WEIGHTS_FILE = "model.safetensors"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DISTILL_KIT_CACHE", Path.home() / ".cache" / "distill-kit"))
+
+
+def hf_cache_dir(repo_id: str, revision: str) -> Path:
+    return cache_root() / "hf" / repo_id.replace("/", "--") / revision
+
+
+def asset_path(ref: dict[str, Any], manifest_name: str = "MANIFEST") -> Path:
+    """The local path of a model or dataset reference; checks the pinned sha256 of builtin/local weights."""
+    source, ident = ref["source"], ref["id"]
+    if source == "builtin":
+        if ident not in BUILTIN:
+            raise AssetMissing(f"no builtin asset '{ident}' (builtin: {', '.join(sorted(BUILTIN))})")
+        path = TINY_DIR / BUILTIN[ident]
+        if not path.exists():
+            raise AssetMissing(f"builtin asset '{ident}' is missing from the package at {path}: reinstall the kit "
+                               "or run `python -m distill_kit.assets.make_assets`")
+    elif source == "hf":
+        path = hf_cache_dir(ident, ref["revision"])
+        if not (path / ".complete").exists():
+            raise AssetMissing(f"'{ident}' at revision {ref['revision'][:12]} is not in the local cache ({path}); "
+                               f"runs never download: run `distill-kit assets fetch {manifest_name}` first")
+    else:
+        path = Path(ident)
+        if not path.exists():
+            raise AssetMissing(f"local asset '{ident}' does not exist")
+    _check_sha256(ref, path)
+    return path
+
+
+def _check_sha256(ref: dict[str, Any], path: Path) -> None:
+    expected = ref.get("sha256")
+    if not expected:
+        return
+    target = path / WEIGHTS_FILE if path.is_dir() else path
+    if not target.exists():
+        raise AssetMissing(f"'{ref['id']}' pins sha256 {expected[:12]}… but has no {WEIGHTS_FILE}")
+    actual = sha256_file(target)
+    if actual != expected:
+        raise AssetMismatch(f"'{ref['id']}': {target.name} has sha256 {actual[:16]}…, the manifest pins "
+                            f"{expected[:16]}… (the asset changed; re-make it or update the pin)")
+
+
+def tokenizer_path(document: dict[str, Any]) -> Path:
+    """The tokenizer named in the manifest, else the student's own."""
+    models = document["models"]
+    ref = models.get("tokenizer") or models["student"]
+    return asset_path(ref, document["name"])

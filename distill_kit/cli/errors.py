@@ -1,0 +1,50 @@
+"""The one place where errors become messages and exit codes (STYLE.md 9).
+
+The kit's own errors print their message; usage errors print click's; anything unexpected prints one line
+naming it (the traceback only with DISTILL_KIT_DEBUG=1). Never a traceback by default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from distill_kit.errors import EXIT_BAD_INPUT, EXIT_FAILED, DistillKitError, InvalidManifest
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}")
+
+
+def run_app(app: typer.Typer) -> None:
+    try:
+        result = app(standalone_mode=False)
+    except DistillKitError as err:
+        if isinstance(err, InvalidManifest):
+            _print_error(f"invalid manifest {err}")
+        else:
+            _print_error(str(err))
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        _print_error("interrupted")
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(EXIT_BAD_INPUT if isinstance(err, click.UsageError) else err.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted (the run directory keeps what finished; continue with --resume)")
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("DISTILL_KIT_DEBUG") == "1":
+            raise
+        _print_error(f"internal error: {type(err).__name__}: {err} (set DISTILL_KIT_DEBUG=1 for the traceback)")
+        sys.exit(EXIT_FAILED)
+    sys.exit(result if isinstance(result, int) else 0)

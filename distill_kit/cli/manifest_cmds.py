@@ -1,0 +1,32 @@
+"""``distill-kit validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def validate(
+        manifest: str = typer.Argument(..., help="Manifest path, or a name in the kit's manifests/ folder."),
+        set_: list[str] = typer.Option([], "--set", help="Override a value: a.b.c=value (repeatable)."),
+        show: bool = typer.Option(False, "--show", help="Print the resolved manifest as JSON."),
+    ) -> int:
+        """Check a manifest against its schema and the semantic rules (exit 0 valid, 2 invalid)."""
+        import json
+
+        from rich.console import Console
+
+        from distill_kit.manifest import load_manifest
+
+        resolved = load_manifest(manifest, set_)
+        console = Console(highlight=False, soft_wrap=True)
+        kind = "layer (abstract, not runnable)" if resolved.document.get("abstract") else resolved.pipeline
+        layers = " <- ".join(Path(p).name for p in resolved.layers)
+        console.print(f"[green]valid[/green] {resolved.source}: {kind}; layers {layers}; "
+                      f"sha256 {resolved.sha256[:16]}…")
+        if show:
+            print(json.dumps(resolved.document, indent=2, sort_keys=True))
+        return 0

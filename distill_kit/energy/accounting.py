@@ -1,0 +1,99 @@
+"""From edge readings and a trace to the energy figures of one window, per domain.
+
+Pure functions: the meter calls them when a window closes, ``verify`` calls them again on the bundled trace and
+edges, so a figure in a summary is exactly what its raw data gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_kit.energy.figures import SENSOR_REL_ACCURACY, CrossCheck, EnergyFigure
+from distill_kit.energy.trace import Trace, integrate_power_j
+
+COUNTER_PERIOD_S = 0.1  # the NVML energy counter advanced about every 100 ms on an H100 (FIELD_NOTES)
+ESTIMATE_SOURCE = "codecarbon"
+
+
+def _gpu_power_series(trace: Trace) -> list[tuple[float, float]]:
+    """Total instant power of the visible GPUs per sample (rows where every GPU read)."""
+    indices = trace.gpu_indices()
+    series = []
+    for row in trace.rows:
+        values = [row.get(f"gpu{i}_power_w") for i in indices]
+        if indices and all(isinstance(v, float) for v in values):
+            series.append((float(row["t"]), sum(values)))  # type: ignore[arg-type]
+    return series
+
+
+def gpu_figure(trace: Trace, t_start: float, t_end: float, edges: dict[str, Any] | None,
+               interval_s: float, unavailable_reason: str | None) -> EnergyFigure:
+    duration = t_end - t_start
+    power = _gpu_power_series(trace)
+    integrated = integrate_power_j(power, t_start, t_end) if power else None
+    peak = max((p for _, p in power), default=None)
+    start = (edges or {}).get("start", {}).get("gpu_energy_mj") or []
+    end = (edges or {}).get("end", {}).get("gpu_energy_mj") or []
+    notes = []
+    if duration < 3 * COUNTER_PERIOD_S:
+        notes.append(f"window of {duration:.3f} s is shorter than 3 counter update periods ({COUNTER_PERIOD_S} s)")
+    if start and len(start) == len(end) and all(v is not None for v in [*start, *end]):
+        energy = sum(e - s for s, e in zip(start, end, strict=True)) / 1000.0
+        if energy > 0 or integrated is None:
+            avg = energy / duration if duration > 0 else None
+            gap = (integrated - energy) / energy if integrated is not None and energy > 0 else None
+            quantisation = 2 * COUNTER_PERIOD_S * (avg or 0.0)
+            return EnergyFigure(
+                energy_j=energy, method="counter", source="nvml:nvmlDeviceGetTotalEnergyConsumption",
+                uncertainty_j=SENSOR_REL_ACCURACY["counter"] * energy + quantisation, avg_power_w=avg,
+                peak_power_w=peak, notes=notes,
+                cross_check=CrossCheck("integrated_instant_power", integrated, gap) if integrated is not None else None,
+            )
+        notes.append("energy counter did not advance in this window; integrated power used instead")
+    if integrated is not None:
+        return EnergyFigure(
+            energy_j=integrated, method="integrated", source="nvml:field POWER_INSTANT, trapezoid",
+            uncertainty_j=SENSOR_REL_ACCURACY["integrated"] * integrated + interval_s * (peak or 0.0),
+            avg_power_w=integrated / duration if duration > 0 else None, peak_power_w=peak, notes=notes,
+        )
+    return EnergyFigure.unmeasured(unavailable_reason or "no GPU power readings in this window", source="nvml")
+
+
+def rapl_figure(domain: str, edges: dict[str, Any] | None, duration_s: float) -> EnergyFigure | None:
+    """Package (cpu) or DRAM (ram) energy from RAPL edge readings, wraparound handled; None if absent."""
+    from distill_kit.energy.sensors import rapl_delta_uj
+
+    start = (edges or {}).get("start", {}).get("rapl_uj") or {}
+    end = (edges or {}).get("end", {}).get("rapl_uj") or {}
+    ranges = (edges or {}).get("rapl_max_uj") or {}
+    zones = [z for z in start if (edges or {}).get("rapl_domain", {}).get(z) == domain and z in end]
+    if not zones:
+        return None
+    energy = sum(rapl_delta_uj(start[z], end[z], ranges.get(z, 2**32)) for z in zones) / 1e6
+    return EnergyFigure(
+        energy_j=energy, method="counter", source="rapl:powercap " + ",".join(sorted(zones)),
+        uncertainty_j=SENSOR_REL_ACCURACY["counter"] * energy,
+        avg_power_w=energy / duration_s if duration_s > 0 else None,
+    )
+
+
+def estimate_figure(domain: str, codecarbon: dict[str, Any] | None, reason: str) -> EnergyFigure:
+    if not codecarbon:
+        return EnergyFigure.unmeasured(f"{reason}; no CodeCarbon estimate for this window", source="none")
+    energy = float(codecarbon[f"{domain}_energy_j"])
+    return EnergyFigure(
+        energy_j=energy, method="estimate", source=f"{ESTIMATE_SOURCE} {codecarbon.get('version', '')}".strip(),
+        uncertainty_j=SENSOR_REL_ACCURACY["estimate"] * energy,
+        avg_power_w=codecarbon.get(f"{domain}_power_w"), reason=reason,
+    )
+
+
+def window_figures(trace: Trace, t_start: float, t_end: float, edges: dict[str, Any] | None,
+                   codecarbon: dict[str, Any] | None, interval_s: float,
+                   reasons: dict[str, str]) -> dict[str, EnergyFigure]:
+    """Energy of one window for each domain (gpu, cpu, ram), with method, uncertainty and reason."""
+    figures = {"gpu": gpu_figure(trace, t_start, t_end, edges, interval_s, reasons.get("gpu"))}
+    for domain in ("cpu", "ram"):
+        figure = rapl_figure(domain, edges, t_end - t_start)
+        figures[domain] = figure or estimate_figure(domain, codecarbon, reasons.get(domain, "no RAPL counter"))
+    return figures

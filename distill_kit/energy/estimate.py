@@ -1,0 +1,65 @@
+"""CodeCarbon, run offline, for the domains no hardware counter covers; its figures are labelled ``estimate``.
+
+Without RAPL, CodeCarbon models CPU power from a TDP table and the CPU load, and RAM power from its size: useful
+as an order of magnitude, never as a measurement (uncertainty taken as 50%, see docs/energy.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+KWH_TO_J = 3.6e6
+
+
+@dataclass
+class CodeCarbonFigures:
+    version: str
+    cpu_energy_j: float
+    ram_energy_j: float
+    gpu_energy_j: float
+    cpu_power_w: float
+    ram_power_w: float
+    duration_s: float
+    emissions_kg: float
+    cpu_model: str
+    country_iso_code: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CodeCarbonWindow:
+    """One CodeCarbon tracker over one measurement window."""
+
+    def __init__(self, country_iso_code: str) -> None:
+        import codecarbon
+        from codecarbon import OfflineEmissionsTracker
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        self.version = codecarbon.__version__
+        self.country = country_iso_code
+        self._tracker = OfflineEmissionsTracker(
+            country_iso_code=country_iso_code, save_to_file=False, log_level="error",
+            measure_power_secs=5, tracking_mode="machine", allow_multiple_runs=True,
+        )
+
+    def start(self) -> None:
+        self._tracker.start()
+
+    def stop(self) -> CodeCarbonFigures:
+        self._tracker.stop()
+        data = self._tracker.final_emissions_data
+        return CodeCarbonFigures(
+            version=self.version,
+            cpu_energy_j=float(data.cpu_energy) * KWH_TO_J,
+            ram_energy_j=float(data.ram_energy) * KWH_TO_J,
+            gpu_energy_j=float(data.gpu_energy) * KWH_TO_J,
+            cpu_power_w=float(data.cpu_power),
+            ram_power_w=float(data.ram_power),
+            duration_s=float(data.duration),
+            emissions_kg=float(data.emissions),
+            cpu_model=str(data.cpu_model),
+            country_iso_code=self.country,
+        )

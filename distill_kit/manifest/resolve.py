@@ -1,0 +1,104 @@
+"""From a manifest file to a ``ResolvedManifest``: layering, overrides, defaults, validation, identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill_kit import schema
+from distill_kit._io import canonical_json_bytes, sha256_bytes
+from distill_kit.errors import InvalidManifest, ManifestProblem
+from distill_kit.manifest import semantics
+from distill_kit.manifest.layers import (
+    BUILTIN_MANIFEST_DIR,
+    apply_overrides,
+    deep_merge,
+    layer_manifest,
+    read_manifest_file,
+)
+
+DEFAULT_MANIFEST = "smoke-kd.yaml"
+
+# Kit-level defaults beneath every manifest (the upstream harness's experiment defaults live in base.yaml).
+KIT_DEFAULTS: dict[str, Any] = {
+    "country_iso_code": "CAN",
+    "hardware": {"accelerator": "any"},
+    "energy": {"sample_interval_ms": 100, "idle_seconds": 5, "burn_in_seconds": 0, "codecarbon": True},
+    "runtime": {"env_allow": []},
+}
+
+
+@dataclass(frozen=True)
+class ResolvedManifest:
+    """A manifest after layering, overrides and defaults; valid against the schema and the semantic rules."""
+
+    document: dict[str, Any]
+    source: Path
+    raw: bytes  # the root file's verbatim bytes
+    layers: list[Path] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return manifest_sha256(self.document)
+
+    @property
+    def name(self) -> str:
+        return self.document["name"]
+
+    @property
+    def pipeline(self) -> str:
+        return self.document["pipeline"]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        return semantics._get(self.document, dotted, default)
+
+
+def manifest_sha256(document: dict[str, Any]) -> str:
+    """The run's identity: sha256 of the canonical JSON of the resolved manifest."""
+    return sha256_bytes(canonical_json_bytes(document))
+
+
+def find_manifest(name_or_path: str | Path | None) -> Path:
+    """A path as given, or a bare name (``kd_32b_1b.yaml``, ``kd_32b_1b``) found in the kit's manifests."""
+    if name_or_path is None or str(name_or_path) == "":
+        return BUILTIN_MANIFEST_DIR / DEFAULT_MANIFEST
+    candidate = Path(name_or_path)
+    if candidate.exists():
+        return candidate
+    for name in (candidate.name, f"{candidate.name}.yaml"):
+        builtin = BUILTIN_MANIFEST_DIR / name
+        if candidate.parent == Path(".") and builtin.is_file():
+            return builtin
+    raise InvalidManifest(str(name_or_path), [ManifestProblem("$", "no such file, nor a manifest of that name in "
+                                                              f"{BUILTIN_MANIFEST_DIR}")])
+
+
+def _absolutise_local_paths(document: dict[str, Any], base: Path) -> None:
+    for section in ("models", "data"):
+        for ref in (document.get(section) or {}).values():
+            if isinstance(ref, dict) and ref.get("source") == "local" and isinstance(ref.get("id"), str):
+                ref["id"] = str((base / ref["id"]).resolve())
+
+
+def validate_document(document: dict[str, Any], source: str) -> None:
+    """Schema first, then the semantic rules; every problem at once."""
+    problems = [ManifestProblem(p.path, p.message) for p in schema.validate("manifest", document)]
+    if document.get("abstract"):  # a layer: known keys and types only, no completeness or semantic rules
+        problems = [p for p in problems if not p.message.endswith("is required")]
+    elif not problems:  # semantic rules assume the shapes the schema guarantees
+        problems = semantics.check(document)
+    if problems:
+        raise InvalidManifest(source, problems)
+
+
+def load_manifest(path: str | Path | None, overrides: list[str] | None = None) -> ResolvedManifest:
+    """Load, layer, override, default and validate a manifest (raises ``InvalidManifest`` with every problem)."""
+    source = find_manifest(path)
+    raw, _ = read_manifest_file(source)
+    layered = layer_manifest(source)
+    document = apply_overrides(layered.document, overrides or [])
+    document = deep_merge(KIT_DEFAULTS, document)
+    _absolutise_local_paths(document, source.resolve().parent)
+    validate_document(document, str(source))
+    return ResolvedManifest(document=document, source=source, raw=raw, layers=layered.layers)

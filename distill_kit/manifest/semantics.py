@@ -1,0 +1,118 @@
+"""Rules beyond the schema: what a pipeline needs, how loss weights are named, pins and files.
+
+Each rule returns problems with the JSON path to fix; all of them are reported together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from distill_kit.errors import ManifestProblem
+
+Rule = Callable[[dict[str, Any]], list[ManifestProblem]]
+TRAINING_PIPELINES = {"kd", "sft", "baseline_sft"}
+TEACHER_PIPELINES = {"kd", "sft"}
+
+
+def _get(document: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = document
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def teacher_present(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """A KD or SFT pipeline needs a teacher model; the others must not pretend to use one."""
+    pipeline = doc.get("pipeline")
+    has_teacher = _get(doc, "models.teacher") is not None
+    if pipeline in TEACHER_PIPELINES and not has_teacher:
+        return [ManifestProblem("$.models.teacher", f"pipeline '{pipeline}' needs a teacher model")]
+    return []
+
+
+def kd_settings(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """KD needs logit-cache settings and a distillation term; JSD needs its beta."""
+    problems = []
+    if doc.get("pipeline") == "kd":
+        if _get(doc, "teacher.logits.top_k") is None:
+            problems.append(ManifestProblem("$.teacher.logits.top_k", "pipeline 'kd' needs the number of teacher "
+                                            "log-probs to cache per token"))
+        if not _get(doc, "student.loss.kd_weight"):
+            problems.append(ManifestProblem("$.student.loss.kd_weight", "pipeline 'kd' needs a positive weight on the "
+                                            "distillation term (kd_weight multiplies the KL/JSD term)"))
+    elif doc.get("pipeline") in TRAINING_PIPELINES and _get(doc, "student.loss.kd_weight"):
+        problems.append(ManifestProblem("$.student.loss.kd_weight", f"pipeline '{doc.get('pipeline')}' has no teacher "
+                                        "logits: set kd_weight to 0"))
+    cache_t, kd_t = _get(doc, "teacher.logits.temperature"), _get(doc, "student.loss.kd.temperature")
+    if doc.get("pipeline") == "kd" and cache_t is not None and kd_t is not None and cache_t != kd_t:
+        problems.append(ManifestProblem("$.student.loss.kd.temperature", f"must equal teacher.logits.temperature "
+                                        f"({cache_t}): the cache holds log-probs at that temperature"))
+    if _get(doc, "student.loss.kd.divergence") == "jsd" and _get(doc, "student.loss.kd.jsd_beta") is None:
+        problems.append(ManifestProblem("$.student.loss.kd.jsd_beta", "divergence 'jsd' needs jsd_beta in (0, 1)"))
+    return problems
+
+
+def loss_weights(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Training needs at least one loss term with weight above zero."""
+    if doc.get("pipeline") not in TRAINING_PIPELINES:
+        return []
+    ce = _get(doc, "student.loss.ce_weight", 0) or 0
+    kd = _get(doc, "student.loss.kd_weight", 0) or 0
+    if ce <= 0 and kd <= 0:
+        return [ManifestProblem("$.student.loss", "every loss weight is zero: set ce_weight (multiplies cross-entropy) "
+                                "and/or kd_weight (multiplies the distillation term)")]
+    return []
+
+
+def budgets(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Training needs a budget: a token budget or a number of epochs."""
+    if doc.get("pipeline") in TRAINING_PIPELINES and not (
+        _get(doc, "student.token_budget") or _get(doc, "student.epochs")
+    ):
+        return [ManifestProblem("$.student.token_budget", "a training pipeline needs student.token_budget "
+                                "(trained-on tokens) or student.epochs")]
+    return []
+
+
+def pins(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Hub assets are pinned to a revision; builtin and local models to the sha256 of their weights."""
+    problems = []
+    refs = [(f"models.{k}", v) for k, v in (_get(doc, "models") or {}).items()]
+    refs += [(f"data.{k}", v) for k, v in (_get(doc, "data") or {}).items()]
+    for where, ref in refs:
+        if not isinstance(ref, dict):
+            continue
+        if ref.get("source") == "hf" and not ref.get("revision"):
+            problems.append(ManifestProblem(f"$.{where}.revision", f"hub asset '{ref.get('id')}' needs a pinned "
+                                            "40-hex commit revision (runs never follow a moving branch)"))
+        if ref.get("source") == "local" and not Path(str(ref.get("id"))).exists():
+            problems.append(ManifestProblem(f"$.{where}.id", f"local path '{ref.get('id')}' does not exist"))
+    return problems
+
+
+def eval_models(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Evaluating the teacher needs one."""
+    if "teacher" in (_get(doc, "eval.models") or []) and _get(doc, "models.teacher") is None:
+        return [ManifestProblem("$.eval.models", "'teacher' is listed but models.teacher is not set")]
+    return []
+
+
+def hardware(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Hardware requirements must not contradict each other."""
+    if _get(doc, "hardware.accelerator") == "cpu" and (_get(doc, "hardware.gpu_count") or 0) > 0:
+        return [ManifestProblem("$.hardware.gpu_count", "accelerator 'cpu' cannot require GPUs")]
+    return []
+
+
+RULES: list[Rule] = [teacher_present, kd_settings, loss_weights, budgets, pins, eval_models, hardware]
+
+
+def check(document: dict[str, Any]) -> list[ManifestProblem]:
+    problems: list[ManifestProblem] = []
+    for rule in RULES:
+        problems.extend(rule(document))
+    return problems

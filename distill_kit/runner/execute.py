@@ -1,0 +1,157 @@
+"""Run a pipeline's stages in order, each inside an energy window, journaled, resumable.
+
+(1) prepare the run directory (new, or resume the same manifest); (2) fingerprint the machine; (3) for each
+planned stage: skip it if finished, recover the energy of attempts a kill interrupted, run a new attempt inside a
+measurement window, fold its trace and write its summary; (4) write the run summary.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_kit._io import atomic_write_bytes, atomic_write_json
+from distill_kit.energy.meter import AttemptRecord, EnergyMeter, iso
+from distill_kit.energy.trace import read_trace, render_trace
+from distill_kit.errors import StageFailed
+from distill_kit.manifest import ResolvedManifest
+from distill_kit.runner.plan import PlannedStage, plan
+from distill_kit.runner.rundir import RunDir
+from distill_kit.runner.summaries import run_summary, stage_summary
+from distill_kit.stages.base import Progress, SilentProgress, StageContext
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: dict[str, Any]
+    resumed: bool
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fold_trace(stage_dir: Path, attempt: int) -> dict[str, Any] | None:
+    """Append an attempt's raw CSV samples to the stage's ``trace.csv.gz`` and remove the CSV."""
+    raw = stage_dir / f"trace.attempt{attempt}.csv"
+    gz = stage_dir / "trace.csv.gz"
+    old = read_trace(gz) if gz.exists() else None
+    new = read_trace(raw) if raw.exists() else None
+    columns: list[str] = list(old.columns) if old else []
+    for column in (new.columns if new else []):
+        if column not in columns:
+            columns.append(column)
+    if not columns:
+        return None
+    rows = (old.rows if old else []) + (new.rows if new else [])
+    atomic_write_bytes(gz, render_trace(columns, rows))
+    raw.unlink(missing_ok=True)
+    return {"path": "trace.csv.gz", "samples": len(rows), "columns": columns}
+
+
+class Runner:
+    def __init__(self, manifest: ResolvedManifest, run_dir: Path, progress: Progress | None = None,
+                 runtime: str = "local"):
+        self.manifest = manifest
+        self.run = RunDir(run_dir)
+        self.progress = progress or SilentProgress()
+        self.runtime = runtime
+        energy = manifest.document["energy"]
+        self.meter: EnergyMeter | None = None
+        self._meter_args = (energy["sample_interval_ms"], manifest.document.get("country_iso_code", "CAN"),
+                            energy.get("codecarbon", True))
+
+    def execute(self, resume: bool = False) -> RunOutcome:
+        resumed = self.run.prepare(self.manifest, resume)  # (1)
+        self.run.journal("run_resumed" if resumed else "run_started", manifest_sha256=self.manifest.sha256,
+                         pid=os.getpid())
+        from distill_kit.fingerprint import collect_fingerprint
+
+        if not (self.run.path / "fingerprint.json").exists() or resumed:  # (2)
+            atomic_write_json(self.run.path / "fingerprint.json", collect_fingerprint(runtime=self.runtime))
+        self.meter = EnergyMeter(*self._meter_args)
+        device = _device()
+        summaries = []
+        for planned in plan(self.manifest):  # (3)
+            summaries.append(self._stage(planned, device))
+        entries = self.run.entries()
+        summary = run_summary(self.manifest.document, self.manifest.sha256, summaries, "finished",
+                              entries[0]["at"] if entries else None, iso(__import__("time").time()))
+        atomic_write_json(self.run.path / "summary.json", summary)  # (4)
+        self.run.journal("run_finished")
+        return RunOutcome(self.run.path, summary, resumed)
+
+    def _idle_power(self) -> dict[str, float | None] | None:
+        prerun = self.run.read_stage_summary("prerun")
+        if not prerun or prerun.get("status") != "finished":
+            return None
+        return prerun["outputs"].get("idle_power_w")
+
+    def _recover_interrupted(self, name: str, previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Attempts a kill left open: account for their energy from their samples, journal them closed."""
+        assert self.meter is not None
+        state = self.run.stage_state(name)
+        starts = [e for e in self.run.entries() if e.get("stage") == name and e["event"] == "stage_started"]
+        recovered = []
+        for attempt in state.interrupted_attempts:
+            t_start = next(e["t"] for e in starts if e.get("attempt") == attempt)
+            power = {d: previous[-1]["energy"][d]["avg_power_w"] for d in ("cpu", "ram")
+                     if previous and previous[-1]["energy"][d]["method"] == "estimate"} if previous else {}
+            if not power:
+                power = {d: p for d, p in (self._idle_power() or {}).items() if p is not None and d != "gpu"}
+            record = self.meter.recover(self.run.stage_dir(name), attempt, t_start, power)
+            fold_trace(self.run.stage_dir(name), attempt)
+            recovered.append(record.to_dict())
+            self.run.journal("stage_interrupted", name, attempt=attempt, recovered_energy=True)
+        return recovered
+
+    def _stage(self, planned: PlannedStage, device: str) -> dict[str, Any]:
+        assert self.meter is not None
+        name = planned.name
+        existing = self.run.read_stage_summary(name)
+        if self.run.stage_state(name).finished and existing and existing["status"] == "finished":
+            self.progress.log(f"[dim]{name}: finished earlier, skipped[/dim]")
+            return existing
+        attempts = list(existing["attempts"]) if existing else []
+        attempts += self._recover_interrupted(name, attempts)
+        attempt = len(attempts) + 1
+        stage = planned.load()
+        self.run.journal("stage_started", name, attempt=attempt, kind=planned.kind)
+        window = self.meter.begin(self.run.stage_dir(name), attempt)
+        ctx = StageContext(self.run, name, self.manifest, attempt, device, self.progress,
+                           measure=lambda label: self.meter.nested(window, label))
+        error: BaseException | None = None
+        result = None
+        try:
+            stage.setup(ctx)
+            result = stage.run()
+        except BaseException as err:  # KeyboardInterrupt too: the window is closed and accounted before leaving
+            error = err
+        finally:
+            try:
+                stage.cleanup()
+            except Exception as err:  # noqa: BLE001 - a cleanup failure must not hide the stage's own error
+                error = error or err
+        record: AttemptRecord = self.meter.end(window, "finished" if error is None else "failed")
+        trace = fold_trace(self.run.stage_dir(name), attempt)
+        attempts.append(record.to_dict())
+        status = "finished" if error is None else "failed"
+        outputs = result.outputs if result else {"error": f"{type(error).__name__}: {error}"}
+        summary = stage_summary(name, planned.kind, status, attempts, result.tokens if result else 0,
+                                result.token_kind if result else "none", outputs,
+                                None if planned.kind == "prerun" else self._idle_power(), trace)
+        self.run.write_stage_summary(name, summary)
+        if error is not None:
+            detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+            self.run.journal("stage_failed", name, attempt=attempt, error=detail)
+            if isinstance(error, KeyboardInterrupt):
+                raise error
+            raise StageFailed(name, error) from error
+        self.run.journal("stage_finished", name, attempt=attempt)
+        return summary

@@ -1,0 +1,39 @@
+"""Which stages a pipeline runs, in order, and where each stage's code lives (imported only when it runs)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from distill_kit.manifest import ResolvedManifest
+
+STAGE_CLASSES = {
+    "prerun": "distill_kit.stages.prerun:PrerunStage",
+    "teacher_logits": "distill_kit.stages.teacher_logits:TeacherLogitsStage",
+    "kd": "distill_kit.stages.student:StudentStage",
+    "eval": "distill_kit.stages.evaluate:EvalStage",
+}
+
+PIPELINES = {
+    "kd": [("prerun", "prerun"), ("teacher", "teacher_logits"), ("student", "kd"), ("eval", "eval")],
+    "eval_only": [("prerun", "prerun"), ("eval", "eval")],
+}
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str  # folder under stages/, unique within a run
+    kind: str
+
+    def load(self):  # -> Stage
+        module_name, _, class_name = STAGE_CLASSES[self.kind].partition(":")
+        return getattr(importlib.import_module(module_name), class_name)()
+
+
+def plan(manifest: ResolvedManifest) -> list[PlannedStage]:
+    from distill_kit.errors import InvalidInput
+
+    if manifest.pipeline not in PIPELINES:
+        raise InvalidInput(f"pipeline '{manifest.pipeline}' is not implemented yet in this version of the kit "
+                           f"(implemented: {', '.join(sorted(PIPELINES))})")
+    return [PlannedStage(name, kind) for name, kind in PIPELINES[manifest.pipeline]]

@@ -1,0 +1,134 @@
+"""The run directory (DESIGN.md): its paths, its journal, and the rules for creating and resuming it.
+
+    RUN_DIR/manifest.yaml, manifest.resolved.json, fingerprint.json, journal.jsonl, summary.json
+    RUN_DIR/stages/<stage>/summary.json, trace.csv.gz, <outputs>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_kit._io import atomic_write_bytes, atomic_write_json, canonical_json_bytes, read_json, sha256_bytes
+from distill_kit.errors import InvalidRunDir
+from distill_kit.manifest import ResolvedManifest
+
+JOURNAL_EVENTS = ("run_started", "run_resumed", "stage_started", "stage_finished", "stage_failed",
+                  "stage_interrupted", "run_finished", "run_failed")
+
+
+@dataclass(frozen=True)
+class StageState:
+    name: str
+    finished: bool
+    attempts_started: int
+    attempts_closed: int  # finished, failed or recovered as interrupted
+
+    @property
+    def interrupted_attempts(self) -> list[int]:
+        return list(range(self.attempts_closed + 1, self.attempts_started + 1))
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    @property
+    def journal_path(self) -> Path:
+        return self.path / "journal.jsonl"
+
+    @property
+    def resolved_path(self) -> Path:
+        return self.path / "manifest.resolved.json"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / "stages" / stage
+
+    def stage_summary_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "summary.json"
+
+    # -- journal -----------------------------------------------------------------------------------------------
+    def journal(self, event: str, stage: str | None = None, **detail: Any) -> dict[str, Any]:
+        """Append one event (fsync'd: the journal is what resume trusts after a kill)."""
+        assert event in JOURNAL_EVENTS, event
+        from distill_kit.energy.meter import iso
+
+        now = time.time()
+        entry: dict[str, Any] = {"t": now, "at": iso(now), "event": event}
+        if stage is not None:
+            entry["stage"] = stage
+        entry.update(detail)
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.journal_path.exists():
+            return []
+        entries = []
+        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill mid-write
+        return entries
+
+    def stage_state(self, stage: str) -> StageState:
+        started = closed = 0
+        finished = False
+        for entry in self.entries():
+            if entry.get("stage") != stage:
+                continue
+            if entry["event"] == "stage_started":
+                started += 1
+            elif entry["event"] in ("stage_finished", "stage_failed", "stage_interrupted"):
+                closed += 1
+                finished = finished or entry["event"] == "stage_finished"
+        return StageState(stage, finished, started, closed)
+
+    def is_finished(self) -> bool:
+        return any(e["event"] == "run_finished" for e in self.entries())
+
+    def is_run(self) -> bool:
+        return self.journal_path.exists() and self.resolved_path.exists()
+
+    # -- creation and resume -----------------------------------------------------------------------------------
+    def prepare(self, manifest: ResolvedManifest, resume: bool) -> bool:
+        """Create a new run directory or check that ``resume`` may continue this one. Returns True if resuming."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InvalidRunDir(f"{self.path} exists and is not a directory")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not self.is_run():
+                raise InvalidRunDir(f"{self.path} is not empty and holds no run: choose a new --run-dir")
+            if self.is_finished():
+                raise InvalidRunDir(f"{self.path} already holds a finished run: choose a new --run-dir "
+                                    "(a finished run is never overwritten)")
+            if not resume:
+                raise InvalidRunDir(f"{self.path} holds an unfinished run: add --resume to continue it, or "
+                                    "choose a new --run-dir")
+            stored = read_json(self.resolved_path)
+            if sha256_bytes(canonical_json_bytes(stored)) != manifest.sha256:
+                raise InvalidRunDir(f"{self.path} was started from a different manifest (resolved sha256 differs): "
+                                    "resume with the same manifest and --set overrides")
+            return True
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path / "manifest.yaml", manifest.raw)
+        atomic_write_json(self.resolved_path, manifest.document)
+        return False
+
+    def read_stage_summary(self, stage: str) -> dict[str, Any] | None:
+        path = self.stage_summary_path(stage)
+        return read_json(path) if path.exists() else None
+
+    def write_stage_summary(self, stage: str, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.stage_summary_path(stage), summary)

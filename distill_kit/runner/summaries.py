@@ -1,0 +1,101 @@
+"""Stage and run summaries, built only from what the run directory holds (so ``verify`` can rebuild them).
+
+A stage summary adds up the energy of every attempt, wasted ones included; the run summary adds up the stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_kit import __version__
+from distill_kit.energy.figures import DOMAINS, EnergyFigure, sum_figures, total_energy_j
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def above_idle_j(energy: dict[str, EnergyFigure], duration_s: float,
+                 idle_power_w: dict[str, float | None] | None) -> float | None:
+    """Energy above the idle baseline, over the domains where both the stage and the baseline were measured."""
+    if not idle_power_w:
+        return None
+    parts = [f.energy_j - idle_power_w[d] * duration_s for d, f in energy.items()
+             if f.energy_j is not None and idle_power_w.get(d) is not None]
+    return sum(parts) if parts else None
+
+
+def stage_summary(stage: str, kind: str, status: str, attempts: list[dict[str, Any]], tokens: int,
+                  token_kind: str, outputs: dict[str, Any], idle_power_w: dict[str, float | None] | None,
+                  trace: dict[str, Any] | None) -> dict[str, Any]:
+    wall = sum(a["duration_s"] for a in attempts)
+    energy = {d: sum_figures([EnergyFigure.from_dict(a["energy"][d]) for a in attempts]) for d in DOMAINS}
+    total = total_energy_j(energy)
+    for figure in energy.values():
+        if figure.energy_j is not None and wall > 0:
+            figure.avg_power_w = figure.energy_j / wall
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "stage": stage,
+        "kind": kind,
+        "status": status,
+        "attempts": attempts,
+        "wall_time_s": wall,
+        "tokens": tokens,
+        "token_kind": token_kind,
+        "tokens_per_s": _ratio(tokens, wall) if tokens else None,
+        "energy": {d: f.to_dict() for d, f in energy.items()},
+        "energy_total_j": total,
+        "energy_above_idle_j": above_idle_j(energy, wall, idle_power_w),
+        "idle_power_w": idle_power_w,
+        "j_per_token": _ratio(total, tokens) if tokens else None,
+        "trace": trace,
+        "outputs": outputs,
+    }
+
+
+def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pipeline totals: the sum over stages, teacher included, per domain and overall."""
+    by_domain = {d: sum_figures([EnergyFigure.from_dict(s["energy"][d]) for s in stages]) for d in DOMAINS}
+    above = [s["energy_above_idle_j"] for s in stages if s.get("energy_above_idle_j") is not None]
+    return {
+        "energy_j": total_energy_j(by_domain),
+        "energy_by_domain": {d: f.to_dict() for d, f in by_domain.items()},
+        "energy_above_idle_j": sum(above) if above else None,
+        "wall_time_s": sum(s["wall_time_s"] for s in stages),
+        "tokens_by_stage": {s["stage"]: s["tokens"] for s in stages},
+        "methods": sorted({s["energy"][d]["method"] for s in stages for d in DOMAINS}),
+    }
+
+
+def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dict[str, Any]],
+                status: str, started_at: str | None, ended_at: str | None) -> dict[str, Any]:
+    quality: dict[str, Any] = {}
+    for stage in stages:
+        for model, tasks in (stage.get("outputs", {}).get("scores") or {}).items():
+            quality.setdefault(model, {}).update(tasks)
+    totals = run_totals(stages)
+    trained = sum(s["tokens"] for s in stages if s["token_kind"] == "trained_tokens")
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "name": manifest["name"],
+        "pipeline": manifest["pipeline"],
+        "manifest_sha256": manifest_sha256,
+        "kit_version": __version__,
+        "status": status,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "stages": [
+            {"stage": s["stage"], "kind": s["kind"], "status": s["status"], "wall_time_s": s["wall_time_s"],
+             "tokens": s["tokens"], "token_kind": s["token_kind"], "energy_total_j": s["energy_total_j"],
+             "attempts": len(s["attempts"])}
+            for s in stages
+        ],
+        "totals": totals,
+        "j_per_trained_token": _ratio(totals["energy_j"], trained) if trained else None,
+        "quality": quality,
+    }

@@ -1,0 +1,26 @@
+"""Run the pipeline in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill_kit.manifest import ResolvedManifest
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, note: str | None = None):
+        self.note = note
+
+    def describe(self) -> str:
+        from distill_kit.fingerprint.collect import in_container
+
+        where = "inside a container" if in_container() else "not containerised"
+        return f"local ({where}{'; ' + self.note if self.note else ''})"
+
+    def run(self, manifest: ResolvedManifest, run_dir: Path, resume: bool, overrides: list[str]):
+        from distill_kit.cli.progress import RichProgress
+        from distill_kit.runner.execute import Runner
+
+        return Runner(manifest, run_dir, RichProgress(), runtime=self.name).execute(resume=resume)

@@ -1,0 +1,63 @@
+"""Prerun: the idle baseline every later stage's "energy above idle" subtracts, then a short burn-in.
+
+The idle window comes first, on a quiet device (after the CUDA context exists, since that alone raises a GPU's
+idle power: about 120 W with a context versus 75 W without on an H100); the burn-in then brings clocks and
+temperature to a working state so the first measured stage does not pay for warming up.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distill_kit.stages.base import StageContext, StageResult
+
+
+def _burn_in(device: str, seconds: float) -> dict[str, Any]:
+    import torch
+
+    size = 4096 if device == "cuda" else 256
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    deadline = time.monotonic() + seconds
+    iterations = 0
+    while time.monotonic() < deadline:
+        a = torch.tanh(a @ b)
+        iterations += 1
+        if device == "cuda" and iterations % 16 == 0:
+            torch.cuda.synchronize()
+    return {"seconds": seconds, "matmul_size": size, "iterations": iterations}
+
+
+class PrerunStage:
+    kind = "prerun"
+
+    def setup(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        energy = ctx.manifest.document["energy"]
+        self.idle_s = float(energy["idle_seconds"])
+        self.burn_in_s = float(energy["burn_in_seconds"])
+
+    def run(self) -> StageResult:
+        if self.ctx.device == "cuda":
+            import torch
+
+            torch.zeros(1, device="cuda")  # open the context before measuring idle
+            torch.cuda.synchronize()
+        self.ctx.progress.log(f"prerun: measuring idle power for {self.idle_s:g} s")
+        with self.ctx.measure("idle") as idle:
+            time.sleep(self.idle_s)
+        idle_power = {domain: (figure["energy_j"] / idle["duration_s"]
+                               if figure["energy_j"] is not None and idle["duration_s"] > 0 else None)
+                      for domain, figure in idle["energy"].items()}
+        burn_in = _burn_in(self.ctx.device, self.burn_in_s) if self.burn_in_s > 0 else None
+        return StageResult(tokens=0, token_kind="none", outputs={
+            "idle_power_w": idle_power,
+            "idle_methods": {d: f["method"] for d, f in idle["energy"].items()},
+            "windows": [idle],
+            "burn_in": burn_in,
+        })
+
+    def cleanup(self) -> None:
+        pass

@@ -1,0 +1,88 @@
+"""Teacher stage (KD): run the teacher over the training sequences and cache its top-k log-probs.
+
+The cache (``stages/teacher/cache``, format in ``distill_kit.logits.cache``) is written by a background thread,
+shard by shard; a killed stage resumes after its last whole shard. Tokens counted: teacher forward tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_kit.assets.resolve import asset_path, tokenizer_path
+from distill_kit.logits.cache import CacheIndex, CacheWriter, SequenceLogits, index_dtype_for
+from distill_kit.stages.base import StageContext, StageResult
+from distill_kit.training.data import load_examples
+from distill_kit.training.models import load_model, load_tokenizer
+
+
+class TeacherLogitsStage:
+    kind = "teacher_logits"
+
+    def setup(self, ctx: StageContext) -> None:
+        doc = ctx.manifest.document
+        self.ctx = ctx
+        self.settings = doc.get("teacher", {})
+        logits = self.settings.get("logits", {})
+        self.top_k = int(logits["top_k"])
+        self.temperature = float(logits.get("temperature", 1.0))
+        self.shard_tokens = int(logits.get("shard_tokens", 1 << 20))
+        self.batch_size = int(self.settings.get("batch_size", 8))
+        self.tokenizer = load_tokenizer(tokenizer_path(doc))
+        teacher_ref = doc["models"]["teacher"]
+        self.model = load_model(asset_path(teacher_ref, doc["name"]), ctx.device)
+        max_len = int(self.settings.get("max_seq_len", doc.get("student", {}).get("max_seq_len", 1024)))
+        train = doc["data"]["train"]
+        self.examples = load_examples(train, asset_path(train, doc["name"]), self.tokenizer, max_len)
+        vocab = int(self.model.config.vocab_size)
+        self.index = CacheIndex(top_k=min(self.top_k, vocab), temperature=self.temperature, vocab_size=vocab,
+                                index_dtype=index_dtype_for(vocab),
+                                teacher={k: teacher_ref.get(k) for k in ("source", "id", "revision", "sha256")})
+        self.writer = CacheWriter.open(ctx.stage_dir / "cache", self.index, self.shard_tokens)
+
+    def _forward(self, batch: list[Any]) -> list[SequenceLogits]:
+        import torch
+
+        width = max(len(e.tokens) for e in batch)
+        ids = torch.full((len(batch), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, example in enumerate(batch):
+            ids[i, : len(example.tokens)] = torch.from_numpy(example.tokens)
+            mask[i, : len(example.tokens)] = 1
+        with torch.no_grad():
+            logits = self.model(input_ids=ids.to(self.ctx.device), attention_mask=mask.to(self.ctx.device)).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float() / self.temperature, dim=-1)
+            values, indices = logprobs.topk(self.index.top_k, dim=-1)  # sorted, descending
+            tail = torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-6))
+        values, indices, tail = values.cpu().numpy(), indices.cpu().numpy(), tail.cpu().numpy()
+        out = []
+        for i, example in enumerate(batch):
+            n = len(example.tokens)
+            out.append(SequenceLogits(example.tokens, example.loss_mask, indices[i, : n - 1], values[i, : n - 1],
+                                      tail[i, : n - 1]))
+        return out
+
+    def run(self) -> StageResult:
+        start = self.writer.sequences_done
+        todo = self.examples[start:]
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        if start:
+            self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
+        for batch in self.ctx.progress.track(batches, len(batches), "teacher: caching top-k log-probs"):
+            for sequence in self._forward(batch):
+                self.writer.add(sequence)
+        index = self.writer.close()
+        self.writer = None
+        forward_tokens = int(sum(len(e.tokens) for e in self.examples))
+        return StageResult(tokens=forward_tokens, token_kind="teacher_forward_tokens", outputs={
+            "cache": {"path": "cache", "top_k": index.top_k, "temperature": index.temperature,
+                      "vocab_size": index.vocab_size, "shards": len(index.shards), "sequences": index.sequences,
+                      "tokens": index.tokens, "bytes": index.bytes,
+                      "bytes_per_token": index.bytes / index.tokens if index.tokens else None},
+            "resumed_after_sequences": start,
+        })
+
+    def cleanup(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.abort()
+        self.model = None
+

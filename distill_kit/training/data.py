@@ -1,0 +1,91 @@
+"""Training examples: token ids plus the mask of the positions the loss covers, and their batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Example:
+    tokens: np.ndarray  # int [n]
+    loss_mask: np.ndarray  # uint8 [n]: 1 where the token is a target (predicted from the one before)
+    topk_indices: np.ndarray | None = None  # [n-1, k]: teacher top-k for the prediction at each position
+    topk_logprobs: np.ndarray | None = None
+    tail_logmass: np.ndarray | None = None
+
+    @property
+    def target_tokens(self) -> int:
+        """Tokens the loss trains on (targets at positions 1..n-1)."""
+        return int(self.loss_mask[1:].sum())
+
+
+def prompt_answer_examples(path: Path, tokenizer: Any, max_seq_len: int, limit: int | None = None) -> list[Example]:
+    """The tiny task's JSONL rows (``{"prompt", "answer"}``) as examples trained on the completion + EOS."""
+    from distill_kit.assets.task import encode_example, load_rows
+
+    rows = load_rows(path)
+    if limit:
+        rows = rows[:limit]
+    examples = []
+    for row in rows:
+        prompt_ids, completion_ids = encode_example(tokenizer, row)
+        tokens = np.array(prompt_ids + completion_ids, dtype=np.int64)[:max_seq_len]
+        mask = np.zeros(len(tokens), dtype=np.uint8)
+        mask[len(prompt_ids):] = 1
+        examples.append(Example(tokens, mask))
+    return examples
+
+
+def load_examples(ref: dict[str, Any], data_path: Path, tokenizer: Any, max_seq_len: int, split: str = "train"
+                  ) -> list[Example]:
+    """Examples of a dataset reference, by its format."""
+    fmt = ref.get("format", "prompt_answer")
+    if fmt == "prompt_answer":
+        path = data_path / f"{split}.jsonl" if data_path.is_dir() else data_path
+        return prompt_answer_examples(path, tokenizer, max_seq_len, ref.get("max_examples"))
+    raise NotImplementedError(f"dataset format '{fmt}' has no preprocessor in this version of the kit")
+
+
+@dataclass
+class Batch:
+    input_ids: Any  # torch.LongTensor [B, L]
+    attention_mask: Any  # [B, L]
+    target_mask: Any  # [B, L-1]: 1 where logits[:, t] is trained to predict input_ids[:, t+1]
+    topk_indices: Any | None  # [B, L-1, k]
+    topk_logprobs: Any | None
+
+    @property
+    def target_tokens(self) -> int:
+        return int(self.target_mask.sum())
+
+
+def collate(examples: list[Example], pad_id: int, token_cap: int | None = None) -> Batch:
+    """Right-padded batch; with ``token_cap``, only the first ``token_cap`` target tokens stay in the loss
+    (so a run stops exactly at its token budget)."""
+    import torch
+
+    width = max(len(e.tokens) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    target = torch.zeros((len(examples), width - 1), dtype=torch.bool)
+    has_topk = examples[0].topk_indices is not None
+    k = examples[0].topk_indices.shape[1] if has_topk else 0
+    indices = torch.zeros((len(examples), width - 1, k), dtype=torch.long) if has_topk else None
+    logprobs = torch.zeros((len(examples), width - 1, k), dtype=torch.float32) if has_topk else None
+    for i, example in enumerate(examples):
+        n = len(example.tokens)
+        input_ids[i, :n] = torch.from_numpy(example.tokens.astype(np.int64))
+        attention[i, :n] = 1
+        target[i, : n - 1] = torch.from_numpy(example.loss_mask[1:].astype(bool))
+        if has_topk:
+            indices[i, : n - 1] = torch.from_numpy(example.topk_indices.astype(np.int64))
+            logprobs[i, : n - 1] = torch.from_numpy(example.topk_logprobs.astype(np.float32))
+    if token_cap is not None and int(target.sum()) > token_cap:
+        flat = target.flatten()
+        keep = torch.cumsum(flat.long(), 0) <= token_cap
+        target = (flat & keep).reshape(target.shape)
+    return Batch(input_ids, attention, target, indices, logprobs)
