@@ -12,6 +12,17 @@ import sys
 import click
 import typer
 
+try:  # typer >= 0.25 vendors click; its exceptions are not click's own
+    from typer import _click as _vendored_click
+except ImportError:  # pragma: no cover - older typer
+    _vendored_click = click
+
+_CLICK = {click, _vendored_click}
+EXIT_EXCEPTIONS = (click.exceptions.Exit, typer.Exit)
+ABORT_EXCEPTIONS = (click.exceptions.Abort, typer.Abort)
+CLICK_EXCEPTIONS = tuple(m.exceptions.ClickException for m in _CLICK)
+USAGE_EXCEPTIONS = tuple(m.exceptions.UsageError for m in _CLICK)
+
 from distill_kit.errors import EXIT_BAD_INPUT, EXIT_FAILED, DistillKitError, InvalidManifest
 
 
@@ -31,14 +42,14 @@ def run_app(app: typer.Typer) -> None:
         else:
             _print_error(str(err))
         sys.exit(err.exit_code)
-    except click.exceptions.Exit as err:
+    except EXIT_EXCEPTIONS as err:
         sys.exit(err.exit_code)
-    except click.exceptions.Abort:
+    except ABORT_EXCEPTIONS:
         _print_error("interrupted")
         sys.exit(130)
-    except click.ClickException as err:
+    except CLICK_EXCEPTIONS as err:
         err.show()
-        sys.exit(EXIT_BAD_INPUT if isinstance(err, click.UsageError) else err.exit_code)
+        sys.exit(EXIT_BAD_INPUT if isinstance(err, USAGE_EXCEPTIONS) else err.exit_code)
     except KeyboardInterrupt:
         _print_error("interrupted (the run directory keeps what finished; continue with --resume)")
         sys.exit(130)

@@ -7,6 +7,7 @@ as an order of magnitude, never as a measurement (uncertainty taken as 50%, see 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,10 +41,12 @@ class CodeCarbonWindow:
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self.version = codecarbon.__version__
         self.country = country_iso_code
-        self._tracker = OfflineEmissionsTracker(
-            country_iso_code=country_iso_code, save_to_file=False, log_level="error",
-            measure_power_secs=5, tracking_mode="machine", allow_multiple_runs=True,
-        )
+        with warnings.catch_warnings():  # codecarbon 3 deprecates save_to_file; older releases need it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._tracker = OfflineEmissionsTracker(
+                country_iso_code=country_iso_code, save_to_file=False, log_level="error",
+                measure_power_secs=5, tracking_mode="machine", allow_multiple_runs=True,
+            )
 
     def start(self) -> None:
         self._tracker.start()

@@ -95,7 +95,13 @@ def _torch_build() -> dict[str, Any]:
 
 
 def in_container() -> bool:
-    return Path("/.dockerenv").exists() or os.environ.get("DISTILL_KIT_IN_CONTAINER") == "1"
+    """Whether this process runs in the kit's own pinned image (its Dockerfile sets the marker)."""
+    return os.environ.get("DISTILL_KIT_IN_CONTAINER") == "1"
+
+
+def in_any_container() -> bool:
+    """Whether this process runs in some container (informational: it may not be the pinned image)."""
+    return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
 
 
 def _gpus() -> tuple[list[dict[str, Any]], str | None]:
@@ -117,7 +123,7 @@ def collect_fingerprint(runtime: str = "local", with_torch: bool = True) -> dict
         rapl: dict[str, Any] = {"readable": True, "zones": [z.name for z in rapl_zones()]}
     except SensorUnavailable as err:
         rapl = {"readable": False, "reason": str(err)}
-    container = {"inside": in_container(), "runtime": runtime,
+    container = {"inside": in_container(), "host_is_container": in_any_container(), "runtime": runtime,
                  "image": os.environ.get("DISTILL_KIT_IMAGE"), "image_id": os.environ.get("DISTILL_KIT_IMAGE_ID"),
                  "image_digest": os.environ.get("DISTILL_KIT_IMAGE_DIGEST")}
     return {

@@ -51,7 +51,11 @@ def kd_settings(doc: dict[str, Any]) -> list[ManifestProblem]:
     if doc.get("pipeline") == "kd" and cache_t is not None and kd_t is not None and cache_t != kd_t:
         problems.append(ManifestProblem("$.student.loss.kd.temperature", f"must equal teacher.logits.temperature "
                                         f"({cache_t}): the cache holds log-probs at that temperature"))
-    if _get(doc, "student.loss.kd.divergence") == "jsd" and _get(doc, "student.loss.kd.jsd_beta") is None:
+    divergence = _get(doc, "student.loss.kd.divergence", "forward_kl")
+    if divergence != "forward_kl" and _get(doc, "student.loss.kd.tail", "ignore") == "ignore":
+        problems.append(ManifestProblem("$.student.loss.kd.tail", f"'{divergence}' needs distributions: set tail "
+                                        "to 'renormalize' or 'tail_bucket' ('ignore' is defined for forward_kl)"))
+    if divergence == "jsd" and _get(doc, "student.loss.kd.jsd_beta") is None:
         problems.append(ManifestProblem("$.student.loss.kd.jsd_beta", "divergence 'jsd' needs jsd_beta in (0, 1)"))
     return problems
 

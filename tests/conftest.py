@@ -1,0 +1,42 @@
+"""Shared fixtures: the CLI run as a user runs it (a subprocess), and small helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+            ) -> CliResult:
+    """``distill-kit ARGS`` in a fresh process, exactly as a user would call it."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "distill_kit", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or REPO)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_no_traceback(result: CliResult) -> None:
+    assert "Traceback" not in result.output, result.output
+
+
+@pytest.fixture
+def cli():
+    return run_cli

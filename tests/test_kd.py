@@ -1,0 +1,153 @@
+"""KD building blocks: losses against a dense float64 reference, the logit cache format, the data plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distill_kit.logits.cache import CacheIndex, CacheReader, CacheWriter, SequenceLogits
+from distill_kit.training.data import Example, collate
+from distill_kit.training.losses import KDConfig, TopKDistillationLoss
+from distill_kit.training.trainer import TrainConfig, plan_micro_batches
+
+
+def log_softmax64(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def reference(teacher_logits, student_logits, k, cfg: KDConfig) -> float:
+    """Dense float64 reference written straight from the definitions."""
+    t_full = log_softmax64(teacher_logits / cfg.temperature)
+    s_full = log_softmax64(student_logits / cfg.temperature)
+    idx = np.argsort(-t_full, -1)[..., :k]
+    p = np.exp(np.take_along_axis(t_full, idx, -1))
+    q = np.exp(np.take_along_axis(s_full, idx, -1))
+    if cfg.tail == "renormalize":
+        p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
+    elif cfg.tail == "tail_bucket":
+        p = np.concatenate([p, 1 - p.sum(-1, keepdims=True)], -1)
+        q = np.concatenate([q, 1 - q.sum(-1, keepdims=True)], -1)
+    if cfg.divergence == "forward_kl":
+        per = (p * (np.log(p) - np.log(q))).sum(-1)
+    elif cfg.divergence == "reverse_kl":
+        per = (q * (np.log(q) - np.log(p))).sum(-1)
+    else:
+        b = cfg.jsd_beta
+        m = b * p + (1 - b) * q
+        per = b * (p * np.log(p / m)).sum(-1) + (1 - b) * (q * np.log(q / m)).sum(-1)
+    scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
+    return float(per.mean() * scale)
+
+
+# 'ignore' (un-renormalised top-k terms) is defined for forward KL only, as upstream used it.
+COMBINATIONS = [("forward_kl", "ignore")] + [(d, t) for d in ("forward_kl", "reverse_kl", "jsd")
+                                             for t in ("renormalize", "tail_bucket")]
+
+
+@pytest.mark.parametrize("divergence, tail", COMBINATIONS)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_losses_match_a_dense_float64_reference(divergence, tail, temperature):
+    rng = np.random.default_rng(0)
+    vocab, k = 50, 8
+    teacher = rng.normal(size=(3, 5, vocab)) * 3
+    student = rng.normal(size=(3, 5, vocab)) * 2
+    cfg = KDConfig(divergence=divergence, temperature=temperature, tail=tail, jsd_beta=0.3)
+    t_log = torch.log_softmax(torch.tensor(teacher, dtype=torch.float32) / temperature, -1)
+    values, indices = t_log.topk(k, -1)
+    loss = TopKDistillationLoss(cfg)(torch.tensor(student, dtype=torch.float32), indices, values,
+                                     torch.ones(3, 5))
+    assert float(loss) == pytest.approx(reference(teacher, student, k, cfg), rel=1e-4, abs=1e-6)
+
+
+def test_loss_is_zero_when_student_equals_teacher_and_mask_is_respected():
+    logits = torch.randn(2, 4, 30)
+    values, indices = torch.log_softmax(logits, -1).topk(5, -1)
+    for tail in ("renormalize", "tail_bucket"):
+        loss = TopKDistillationLoss(KDConfig(tail=tail))(logits, indices, values, torch.ones(2, 4))
+        assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(2, 4, 30)
+    mask = torch.zeros(2, 4)
+    mask[0, 0] = 1
+    full = TopKDistillationLoss(KDConfig())(other[:, :1, :][:1], indices[:1, :1], values[:1, :1], torch.ones(1, 1))
+    masked = TopKDistillationLoss(KDConfig())(other, indices, values, mask)
+    assert float(masked) == pytest.approx(float(full), rel=1e-6)
+
+
+def _sequences(n: int, k: int = 4, vocab: int = 300, seed: int = 0) -> list[SequenceLogits]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(3, 9))
+        out.append(SequenceLogits(
+            tokens=rng.integers(0, vocab, length), loss_mask=(rng.random(length) > 0.5).astype(np.uint8),
+            topk_indices=rng.integers(0, vocab, (length - 1, k)),
+            topk_logprobs=-np.sort(rng.random((length - 1, k)), -1) * 5,
+            tail_logmass=-rng.random(length - 1)))
+    return out
+
+
+def test_cache_round_trip_is_exact_for_indices_and_bounded_for_values(tmp_path):
+    sequences = _sequences(25)
+    writer = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=1.0, vocab_size=300, index_dtype="uint16"),
+                              shard_tokens=40)
+    for s in sequences:
+        writer.add(s)
+    index = writer.close()
+    assert len(index.shards) > 2 and index.complete
+    got = list(CacheReader(tmp_path).sequences())
+    assert len(got) == len(sequences)
+    for a, b in zip(sequences, got, strict=True):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(a.topk_indices, b.topk_indices)
+        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=5e-3)
+
+
+def test_cache_resumes_after_whole_shards_and_detects_corruption(tmp_path):
+    sequences = _sequences(20)
+    index = CacheIndex(top_k=4, temperature=1.0, vocab_size=300, index_dtype="uint16")
+    writer = CacheWriter.open(tmp_path, index, shard_tokens=30)
+    for s in sequences[:12]:
+        writer.add(s)
+    writer.abort()  # killed: whatever was queued is whole on disk, the rest is lost
+    first_shards = {s.file: s.sha256 for s in CacheIndex.load(tmp_path).shards}
+    resumed = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=1.0, vocab_size=300,
+                                                    index_dtype="uint16"), shard_tokens=30)
+    done = resumed.sequences_done
+    assert 0 < done <= 12
+    for s in sequences[done:]:
+        resumed.add(s)
+    final = resumed.close()
+    assert {s.file: s.sha256 for s in final.shards if s.file in first_shards} == first_shards  # never rewritten
+    assert [len(s.tokens) for s in CacheReader(tmp_path).sequences()] == [len(s.tokens) for s in sequences]
+    shard = tmp_path / final.shards[0].file
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        CacheReader(tmp_path)
+
+
+def _examples(lengths: list[int]) -> list[Example]:
+    return [Example(np.arange(n), np.ones(n, dtype=np.uint8)) for n in lengths]
+
+
+def test_data_plan_stops_exactly_at_the_token_budget_and_is_seeded():
+    examples = _examples([5, 7, 9, 4, 6, 8])  # each trains on n-1 targets
+    config = TrainConfig(batch_size=2, grad_accum=1, seed=3, token_budget=50)
+    plan = plan_micro_batches(examples, config)
+    trained = 0
+    for micro in plan:
+        batch = collate([examples[i] for i in micro.indices], 0, micro.token_cap)
+        trained += batch.target_tokens
+    assert trained == 50
+    assert plan == plan_micro_batches(examples, config)
+    assert plan != plan_micro_batches(examples, TrainConfig(batch_size=2, grad_accum=1, seed=4, token_budget=50))
+
+
+def test_collate_pads_and_never_trains_on_padding():
+    batch = collate(_examples([3, 6]), pad_id=99)
+    assert batch.input_ids.shape == (2, 6) and int(batch.input_ids[0, 5]) == 99
+    assert batch.target_tokens == 2 + 5
+    assert not bool(batch.target_mask[0, 2:].any())
