@@ -158,3 +158,9 @@ def test_validate_cli_exit_codes_and_messages(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     result = run_cli("validate", str(binary))
     assert result.returncode == 2 and "UTF-8" in result.stderr
+
+
+def test_an_asset_reference_is_replaced_whole_by_a_layer():
+    doc = load_manifest("smoke-kd").document
+    assert "revision" not in doc["models"]["tokenizer"]  # base.yaml's hub tokenizer pins a revision
+    assert "revision" not in doc["data"]["train"]

@@ -39,7 +39,6 @@ from distill_kit.assets.task import (
     encode_example,
     exact_match_accuracy,
     format_example,
-    load_rows,
 )
 
 SCHEMA_VERSION = 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from distill_kit.cli.progress import wide
+
 app = typer.Typer(help="Models and datasets a manifest needs, in the local cache.", no_args_is_help=True)
 
 
@@ -16,7 +18,7 @@ def fetch(manifest: str = typer.Argument(..., help="Manifest path or name.")) ->
     from distill_kit.manifest import load_manifest
 
     resolved = load_manifest(manifest)
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, width=wide())
     for record in fetch_assets(resolved.document, log=console.print):
         console.print(f"{record['id']}@{record['revision'][:12]}: {record['files']} files, {record['bytes']:,} "
                       f"bytes -> {record['path']}")

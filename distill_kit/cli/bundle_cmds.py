@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from distill_kit.cli.progress import wide
 from distill_kit.errors import EXIT_FAILED, InvalidInput
 
 STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red"}
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInput(f"{run_dir} is not a directory")
         private = load_private_key(key, _passphrase(passphrase_env))
         result = pack_run(run_dir, out, private, include_large=include_large)
-        Console(highlight=False, soft_wrap=True).print(f"bundle written: {out} ({result.members} members, {result.size_bytes:,} "
+        Console(highlight=False, soft_wrap=True, width=wide()).print(f"bundle written: {out} ({result.members} members, {result.size_bytes:,} "
                                        f"bytes, sha256 {result.sha256[:16]}…)")
         return 0
 
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         from distill_kit.bundle.keys import generate_keypair
 
         pair = generate_keypair(out, _passphrase(passphrase_env))
-        Console(highlight=False, soft_wrap=True).print(f"private key {pair.private_path} (mode 0600), public key "
+        Console(highlight=False, soft_wrap=True, width=wide()).print(f"private key {pair.private_path} (mode 0600), public key "
                                        f"{pair.public_path}, key id {pair.key_id}")
         return 0
 
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
         else:
-            console = Console(highlight=False, soft_wrap=True)
+            console = Console(highlight=False, soft_wrap=True, width=wide())
             for result in report.results:
                 style = STATUS_STYLE[result.status]
                 console.print(f"[{style}][{result.status}][/{style}] {result.name}: {escape(result.reason)}")

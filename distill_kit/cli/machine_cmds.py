@@ -6,6 +6,8 @@ import shutil
 
 import typer
 
+from distill_kit.cli.progress import wide
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -21,7 +23,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(fp, indent=2, sort_keys=True))
             return 0
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, width=wide())
         gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in fp["gpus"]) or f"none ({fp['gpu_reason']})"
         console.print(f"kit        {fp['kit']['version']} ({fp['kit']['source']}, commit "
                       f"{(fp['kit']['git_commit'] or '?')[:12]}{', dirty' if fp['kit']['git_dirty'] else ''})")
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
         from distill_kit.energy.meter import EnergyMeter
         from distill_kit.runtime.docker import DEFAULT_IMAGE, docker_unavailable_reason
 
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, width=wide())
         report = EnergyMeter(use_codecarbon=_codecarbon_installed()).report
         table = Table(title="energy measurement on this machine", title_justify="left")
         for column in ("domain", "method", "why"):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from distill_kit.cli.progress import wide
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -22,7 +24,7 @@ def register(app: typer.Typer) -> None:
         from distill_kit.manifest import load_manifest
 
         resolved = load_manifest(manifest, set_)
-        console = Console(highlight=False, soft_wrap=True)
+        console = Console(highlight=False, soft_wrap=True, width=wide())
         kind = "layer (abstract, not runnable)" if resolved.document.get("abstract") else resolved.pipeline
         layers = " <- ".join(Path(p).name for p in resolved.layers)
         console.print(f"[green]valid[/green] {resolved.source}: {kind}; layers {layers}; "

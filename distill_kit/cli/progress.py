@@ -11,6 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 
+def wide() -> int | None:
+    """Tables need room: at least 160 columns when the output is not a terminal (logs, CI)."""
+    import shutil
+    import sys
+
+    return None if sys.stdout.isatty() else max(160, shutil.get_terminal_size((160, 24)).columns)
+
+
 class RichProgress:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)

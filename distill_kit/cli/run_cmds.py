@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from distill_kit.cli.progress import wide
 from distill_kit.errors import InvalidInput
 
 
@@ -17,7 +18,7 @@ def _print_plan(resolved, run_dir: Path, runtime: str) -> None:
     from distill_kit.errors import DistillKitError
     from distill_kit.runner.plan import plan
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, width=wide())
     console.print(f"[bold]{resolved.name}[/bold] ({resolved.pipeline}), manifest sha256 {resolved.sha256[:16]}…, "
                   f"run dir {run_dir}, runtime {runtime}")
     stages = Table(title="stages, in order", title_justify="left")
@@ -87,7 +88,7 @@ def _print_results(run_dir: Path) -> None:
     from distill_kit._io import read_json
     from distill_kit.report.table import quality_table, stages_table, totals_line
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True, width=wide())
     summary = read_json(run_dir / "summary.json")
     stages = [read_json(run_dir / "stages" / s["stage"] / "summary.json") for s in summary["stages"]]
     console.print(stages_table(stages, title=f"{summary['name']}: stages"))

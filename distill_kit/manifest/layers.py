@@ -4,7 +4,9 @@ Rules a reviewer can rely on:
 - a layer path is resolved relative to the file that names it, then in the kit's own ``manifests/`` folder;
 - it must stay inside the root manifest's folder tree or the kit's manifests folder (no ``../../etc/passwd``);
 - cycles are refused, naming the chain;
-- mappings merge key by key, everything else (lists included) is replaced by the later layer.
+- mappings merge key by key, everything else (lists included) is replaced by the later layer;
+- an asset reference (a mapping with both ``source`` and ``id``) is replaced whole: a layer that names another
+  model must not inherit the previous model's revision or hash.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     """A new mapping: ``overlay`` onto ``base``, recursing into mappings, replacing everything else."""
     merged = copy.deepcopy(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        is_asset_reference = isinstance(value, dict) and "source" in value and "id" in value
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not is_asset_reference:
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)

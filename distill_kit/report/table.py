@@ -17,17 +17,22 @@ def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+SHORT_METHOD = {"counter": "ctr", "integrated": "int", "estimate": "est", "unmeasured": "n/a"}
+CAPTION = "energy in J ± uncertainty; ctr = hardware counter, int = integrated power, est = estimate, " \
+          "n/a = unmeasured (see the summary for why)"
+
+
 def _energy_cell(figure: dict[str, Any]) -> str:
     if figure["energy_j"] is None:
-        return "n/a (unmeasured)"
+        return "n/a"
     unc = figure.get("uncertainty_j")
-    partial = " partial" if figure.get("partial") else ""
-    return f"{_fmt(figure['energy_j'])} ±{_fmt(unc)} J ({figure['method']}{partial})"
+    partial = ", partial" if figure.get("partial") else ""
+    return f"{_fmt(figure['energy_j'])} ± {_fmt(unc)} {SHORT_METHOD[figure['method']]}{partial}"
 
 
 def stages_table(stages: list[dict[str, Any]], title: str = "stages") -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("stage", "status", "time s", "tokens", "GPU energy", "CPU energy", "RAM energy", "J/token"):
+    table = Table(title=title, title_justify="left", caption=CAPTION, caption_justify="left")
+    for column in ("stage", "status", "time s", "tokens", "GPU J", "CPU J", "RAM J", "J/token"):
         table.add_column(column, justify="right" if column not in ("stage", "status") else "left")
     for stage in stages:
         energy = stage["energy"]

@@ -10,7 +10,12 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 
 def set_offline() -> None:
+    """Runs never download; and transformers' per-load progress bars are noise in a stage's log."""
     os.environ.update(OFFLINE_ENV)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def load_tokenizer(path: Path) -> Any:

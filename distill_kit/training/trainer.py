@@ -218,14 +218,13 @@ class Trainer:
 
     def _save_checkpoint(self, step: int, micro: int, trained: int, inputs: int, curve: list, optimizer,
                          scheduler) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
         folder = self.checkpoint_root / f"step-{step:07d}"
         tmp = self.checkpoint_root / f".step-{step:07d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        save_model(self.model, str(tmp / "model.safetensors"))  # handles tied embeddings
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                    tmp / "state.pt")
         (tmp / "progress.json").write_text(json.dumps({"step": step, "micro": micro, "trained_tokens": trained,
@@ -237,13 +236,13 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _load_checkpoint(self, optimizer, scheduler) -> dict[str, Any] | None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_model
 
         pointer = self.checkpoint_root / "latest"
         if not pointer.exists():
             return None
         folder = self.checkpoint_root / pointer.read_text().strip()
-        self.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=self.device))
+        load_model(self.model, str(folder / "model.safetensors"), device=self.device)
         state = torch.load(folder / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

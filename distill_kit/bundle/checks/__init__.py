@@ -1,0 +1,44 @@
+"""The verify checks, in the order they run and are reported.
+
+Each check is a small named object: a ``name`` users see, a one-line docstring saying what it establishes, and
+one ``check(ctx)`` method that returns a reason (PASS), returns ``Warn(reason)`` (WARN) or raises
+``VerificationError("... (got X, expected Y)")`` (FAIL). docs/verify-checks.md describes each one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from distill_kit.bundle.checks.accounting import Accounting
+from distill_kit.bundle.checks.archive import Archive, RequiredFiles
+from distill_kit.bundle.checks.documents import Artifacts, Identity, Schemas
+from distill_kit.bundle.checks.machine import Containerised, Hardware, Measurement, Plausibility
+from distill_kit.bundle.checks.signing import Integrity, SignatureCheck, TrustedKeyCheck
+from distill_kit.bundle.checks.timeline import Time
+from distill_kit.bundle.context import VerifyContext, Warn
+
+
+class Check(Protocol):
+    name: str
+
+    def check(self, ctx: VerifyContext) -> str | Warn | None: ...
+
+
+CHECKS: tuple[Check, ...] = (
+    Archive(),
+    RequiredFiles(),
+    Integrity(),
+    SignatureCheck(),
+    TrustedKeyCheck(),
+    Schemas(),
+    Identity(),
+    Artifacts(),
+    Accounting(),
+    Time(),
+    Plausibility(),
+    Hardware(),
+    Containerised(),
+    Measurement(),
+)
+
+__all__ = ["CHECKS", "Check"]

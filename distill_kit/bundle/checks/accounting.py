@@ -1,0 +1,150 @@
+"""``accounting``: every energy figure recomputes from the raw data, with the code that produced it.
+
+(1) each attempt's per-domain figures = ``window_figures`` on the attempt's trace rows, edges and CodeCarbon
+window (and its sample count and coverage); (2) each nested window (idle baseline, eval tasks) likewise, and the
+prerun's idle power from its idle window; (3) each stage summary = ``stage_summary`` over its attempts; (4) the
+run summary = ``run_summary`` over the stage summaries (totals, J/token, quality).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from distill_kit.bundle.context import VerifyContext, stage_member
+from distill_kit.errors import VerificationError
+
+REL_TOL = 1e-6
+ABS_TOL = 1e-9
+IGNORED_FIGURE_KEYS = ("reason",)  # wording from the machine's sensor report, not data
+
+
+def differences(got: Any, expected: Any, where: str = "$") -> list[str]:
+    """Where two JSON values differ (floats within REL_TOL), as 'path (got X, expected Y)'."""
+    if isinstance(got, bool) or isinstance(expected, bool):
+        return [] if got is expected else [f"{where} (got {got!r}, expected {expected!r})"]
+    if isinstance(got, int | float) and isinstance(expected, int | float):
+        if math.isclose(got, expected, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+            return []
+        return [f"{where} (got {got!r}, expected {expected!r})"]
+    if isinstance(got, dict) and isinstance(expected, dict):
+        out = []
+        for key in sorted(set(got) | set(expected), key=str):
+            if key not in got or key not in expected:
+                out.append(f"{where}.{key} (got {'absent' if key not in got else 'present'}, expected "
+                           f"{'absent' if key not in expected else 'present'})")
+            else:
+                out += differences(got[key], expected[key], f"{where}.{key}")
+        return out
+    if isinstance(got, list) and isinstance(expected, list):
+        if len(got) != len(expected):
+            return [f"{where} (got {len(got)} items, expected {len(expected)})"]
+        out = []
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            out += differences(a, b, f"{where}[{i}]")
+        return out
+    return [] if got == expected else [f"{where} (got {got!r}, expected {expected!r})"]
+
+
+def _figures(figures: dict[str, Any]) -> dict[str, Any]:
+    return {d: {k: v for k, v in f.items() if k not in IGNORED_FIGURE_KEYS} for d, f in figures.items()}
+
+
+def recompute_window(trace: Any, record: dict[str, Any], attempt: int | None, interval_s: float,
+                     partial: bool = False) -> dict[str, Any]:
+    """What the meter records for a window, from the same inputs and the same code (meter._record)."""
+    from distill_kit.energy.accounting import window_figures
+    from distill_kit.energy.trace import coverage
+
+    t_start, t_end = record["t_start"], record["t_end"]
+    window = trace.window(t_start - interval_s, t_end + interval_s, attempt)
+    figures = window_figures(window, t_start, t_end, record["edges"], record["codecarbon"], interval_s, {})
+    if partial:
+        for figure in figures.values():
+            figure.partial = True
+    return {"energy": {d: f.to_dict() for d, f in figures.items()}, "samples": len(window.rows),
+            "coverage": coverage(window.times(), t_start, t_end, interval_s), "duration_s": t_end - t_start}
+
+
+def _compare_window(label: str, record: dict[str, Any], again: dict[str, Any]) -> list[str]:
+    got = {"energy": _figures(record["energy"]), "samples": record["samples"], "coverage": record["coverage"],
+           "duration_s": record["duration_s"]}
+    expected = {**again, "energy": _figures(again["energy"])}
+    return [f"{label}: {d}" for d in differences(got, expected, "")]
+
+
+class Accounting:
+    """Every attempt's energy recomputes from its trace and edge readings; stage and run totals, energy above
+    idle and J/token recompute from them."""
+
+    name = "accounting"
+
+    def _attempts(self, ctx: VerifyContext, stage: str, summary: dict[str, Any]) -> list[str]:
+        trace = ctx.trace(stage)
+        interval = ctx.interval_s()
+        problems = []
+        if summary["trace"] is not None and (summary["trace"]["samples"], summary["trace"]["columns"]) != \
+                (len(trace.rows), trace.columns):
+            problems.append(f"{stage} trace (got {len(trace.rows)} samples in {len(trace.columns)} columns, "
+                            f"expected {summary['trace']['samples']} in {len(summary['trace']['columns'])})")
+        for record in summary["attempts"]:  # (1)
+            again = recompute_window(trace, record, record["attempt"], interval,
+                                     partial=record["status"] == "interrupted")
+            problems += _compare_window(f"{stage} attempt {record['attempt']}", record, again)
+        windows = summary["outputs"].get("windows") or []
+        for i, record in enumerate(windows):  # (2)
+            owner = next((a["attempt"] for a in summary["attempts"]
+                          if a["t_start"] <= record["t_start"] and record["t_end"] <= a["t_end"]), None)
+            label = f"{stage} window {record.get('label', i)!s}"
+            if owner is None:
+                problems.append(f"{label}: lies outside every attempt of the stage")
+                continue
+            problems += _compare_window(label, record, recompute_window(trace, record, owner, interval))
+        return problems
+
+    def _idle(self, ctx: VerifyContext, stages: dict[str, dict[str, Any]]) -> tuple[list[str], Any]:
+        """(2) The prerun's idle power from its idle window; what later stages must record as idle_power_w."""
+        prerun = next((s for s in stages.values() if s["kind"] == "prerun"), None)
+        if prerun is None or prerun["status"] != "finished":
+            return [], None
+        outputs = prerun["outputs"]
+        idle = next((w for w in outputs.get("windows") or [] if w.get("label") == "idle"), None)
+        recorded = outputs.get("idle_power_w")
+        if idle is None:
+            return [f"{prerun['stage']}: no idle window to derive idle_power_w from"], recorded
+        expected = {d: (f["energy_j"] / idle["duration_s"] if f["energy_j"] is not None and idle["duration_s"] > 0
+                        else None) for d, f in idle["energy"].items()}
+        return [f"{prerun['stage']} idle_power_w{d}" for d in differences(recorded, expected, "")], recorded
+
+    def check(self, ctx: VerifyContext) -> str:
+        from distill_kit.manifest.resolve import manifest_sha256
+        from distill_kit.runner.summaries import run_summary, stage_summary
+
+        names = ctx.stage_names()
+        stages = {name: ctx.stage_summary(name) for name in names}
+        problems, idle_power = self._idle(ctx, stages)
+        attempts = 0
+        for name, summary in stages.items():
+            problems += self._attempts(ctx, name, summary)
+            attempts += len(summary["attempts"])
+            expected_idle = None if summary["kind"] == "prerun" else idle_power
+            if differences(summary["idle_power_w"], expected_idle):
+                problems.append(f"{name} idle_power_w (got {summary['idle_power_w']!r}, expected the prerun's "
+                                f"{expected_idle!r})")
+            rebuilt = stage_summary(name, summary["kind"], summary["status"], summary["attempts"],  # (3)
+                                    summary["tokens"], summary["token_kind"], summary["outputs"],
+                                    summary["idle_power_w"], summary["trace"])
+            problems += [f"{stage_member(name, 'summary.json')}{d}" for d in differences(summary, rebuilt, "")]
+        recorded = ctx.summary()
+        resolved = ctx.resolved()
+        rebuilt_run = run_summary(resolved, manifest_sha256(resolved), list(stages.values()),  # (4)
+                                  recorded["status"], recorded["started_at"], recorded["ended_at"])
+        rebuilt_run["kit_version"] = recorded["kit_version"]
+        problems += [f"summary.json{d}" for d in differences(recorded, rebuilt_run, "")]
+        if problems:
+            raise VerificationError(f"{len(problems)} figure(s) do not recompute: " + "; ".join(problems[:6])
+                                    + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""))
+        total = recorded["totals"]["energy_j"]
+        shown = f"{total:,.1f} J" if total is not None else "unmeasured"
+        return (f"{attempts} attempts in {len(stages)} stages recompute from their traces; total {shown}, "
+                "stage and run totals and J/token agree")

@@ -1,0 +1,174 @@
+"""``plausibility``, ``hardware``, ``containerised`` and ``measurement``: do the figures fit the machine that
+produced them, and how were they obtained?"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill_kit.bundle.context import VerifyContext, Warn, listing
+from distill_kit.errors import VerificationError
+
+POWER_LIMIT_MARGIN = 1.10
+MIN_COVERAGE = 0.75
+TEMP_RANGE_C = (20.0, 95.0)  # outside: WARN
+TEMP_IMPOSSIBLE_C = (-20.0, 130.0)  # outside: FAIL
+CROSS_CHECK_GAP = 0.25  # counter vs integrated instant power, windows of at least CROSS_CHECK_MIN_S
+CROSS_CHECK_MIN_S = 10.0
+BELOW_IDLE = 0.8  # a stage's average GPU power under this fraction of idle: WARN
+
+
+def _gpu_limits(fingerprint: dict[str, Any]) -> dict[int, float]:
+    return {i: g["power_limit_w"] for i, g in enumerate(fingerprint["gpus"]) if g["power_limit_w"]}
+
+
+class _Findings:
+    def __init__(self) -> None:
+        self.fail: list[str] = []
+        self.warn: list[str] = []
+
+
+class Plausibility:
+    """Readings are physically possible on the recorded machine: GPU power between 0 and its power limit (+10%),
+    counters that never run backwards, temperatures 20-95 C, and sampling coverage of at least 75% per attempt."""
+
+    name = "plausibility"
+
+    def _trace(self, stage: str, trace: Any, limits: dict[int, float], found: _Findings) -> None:
+        for i in trace.gpu_indices():
+            limit = limits.get(i)
+            power = trace.values(f"gpu{i}_power_w")
+            negative = [p for _, p in power if p < 0]
+            if negative:
+                found.fail.append(f"{stage}: gpu{i} power below 0 W (got {min(negative)} W)")
+            if limit is not None:
+                over = [p for _, p in power if p > limit * POWER_LIMIT_MARGIN]
+                if over:
+                    found.fail.append(f"{stage}: gpu{i} power above its {limit:g} W limit + 10% in {len(over)} "
+                                      f"sample(s) (got up to {max(over):g} W, expected <= "
+                                      f"{limit * POWER_LIMIT_MARGIN:g})")
+            by_attempt: dict[Any, list[float]] = {}
+            for row in trace.rows:
+                value = row.get(f"gpu{i}_energy_mj")
+                if isinstance(value, float):
+                    by_attempt.setdefault(row.get("attempt"), []).append(value)
+            if any(b < a for values in by_attempt.values() for a, b in zip(values, values[1:], strict=False)):
+                found.fail.append(f"{stage}: gpu{i} energy counter runs backwards within an attempt")
+            temps = [t for _, t in trace.values(f"gpu{i}_temp_c")]
+            if temps:
+                low, high = min(temps), max(temps)
+                if low < TEMP_IMPOSSIBLE_C[0] or high > TEMP_IMPOSSIBLE_C[1]:
+                    found.fail.append(f"{stage}: gpu{i} temperature {low:g}-{high:g} C is not physical")
+                elif low < TEMP_RANGE_C[0] or high > TEMP_RANGE_C[1]:
+                    found.warn.append(f"{stage}: gpu{i} temperature {low:g}-{high:g} C outside "
+                                      f"{TEMP_RANGE_C[0]:g}-{TEMP_RANGE_C[1]:g} C")
+
+    def _attempts(self, stage: str, summary: dict[str, Any], limits: dict[int, float], idle_gpu_w: float | None,
+                  found: _Findings) -> None:
+        limit_total = sum(limits.values()) if limits else None
+        for a in summary["attempts"]:
+            label = f"{stage} attempt {a['attempt']}"
+            if a["coverage"] < MIN_COVERAGE:
+                found.warn.append(f"{label}: sampling coverage {a['coverage']:.0%} (expected >= {MIN_COVERAGE:.0%})")
+            for domain, figure in a["energy"].items():
+                if figure["energy_j"] is not None and figure["energy_j"] < 0:
+                    found.fail.append(f"{label}: negative {domain} energy (got {figure['energy_j']} J)")
+            gpu = a["energy"]["gpu"]
+            if gpu["energy_j"] is None or a["duration_s"] <= 0:
+                continue
+            average = gpu["energy_j"] / a["duration_s"]
+            if limit_total and average > limit_total * POWER_LIMIT_MARGIN:
+                found.fail.append(f"{label}: average GPU power {average:.1f} W above the power limits "
+                                  f"({limit_total:g} W + 10%)")
+            if idle_gpu_w and summary["kind"] != "prerun" and a["duration_s"] >= CROSS_CHECK_MIN_S \
+                    and average < BELOW_IDLE * idle_gpu_w:
+                found.warn.append(f"{label}: average GPU power {average:.1f} W is below idle ({idle_gpu_w:.1f} W)")
+            check = gpu.get("cross_check")
+            if check and check.get("rel_gap") is not None and a["duration_s"] >= CROSS_CHECK_MIN_S \
+                    and abs(check["rel_gap"]) > CROSS_CHECK_GAP:
+                found.warn.append(f"{label}: GPU counter and integrated instant power differ by "
+                                  f"{check['rel_gap']:+.0%}")
+
+    def check(self, ctx: VerifyContext) -> str | Warn:
+        fingerprint = ctx.fingerprint()
+        limits = _gpu_limits(fingerprint)
+        found = _Findings()
+        samples = 0
+        for stage in ctx.stage_names():
+            summary = ctx.stage_summary(stage)
+            trace = ctx.trace(stage)
+            samples += len(trace.rows)
+            self._trace(stage, trace, limits, found)
+            idle = (summary["idle_power_w"] or {}).get("gpu")
+            self._attempts(stage, summary, limits, idle, found)
+        if found.fail:
+            raise VerificationError("; ".join(found.fail[:6]))
+        if found.warn:
+            return Warn("; ".join(found.warn[:6]) + (f" (+{len(found.warn) - 6} more)" if len(found.warn) > 6
+                                                     else ""))
+        limit = f"{sum(limits.values()):g} W of GPU power limits" if limits else "no GPU power limit recorded"
+        return f"{samples} samples plausible ({limit}); coverage >= {MIN_COVERAGE:.0%} in every attempt"
+
+
+class Hardware:
+    """The recorded machine meets the manifest's hardware requirements (accelerator, GPU count, model, memory)."""
+
+    name = "hardware"
+
+    def check(self, ctx: VerifyContext) -> str:
+        wanted = ctx.resolved().get("hardware") or {}
+        fingerprint = ctx.fingerprint()
+        gpus = fingerprint["gpus"]
+        problems = []
+        if wanted.get("accelerator") == "cuda" and not gpus:
+            problems.append(f"the manifest needs a CUDA GPU (got none: {fingerprint['gpu_reason'] or 'no GPU'})")
+        count = wanted.get("gpu_count") or 0
+        if len(gpus) < count:
+            problems.append(f"GPUs (got {len(gpus)}, expected at least {count})")
+        models = wanted.get("gpu_models") or []
+        if models and gpus:
+            odd = [g["name"] for g in gpus if not any(m.lower() in g["name"].lower() for m in models)]
+            if odd:
+                problems.append(f"GPU model (got {listing(odd, 3)}, expected one of {', '.join(models)})")
+        memory = wanted.get("min_gpu_memory_gib")
+        if memory and gpus:
+            small = [g for g in gpus if g["memory_gib"] < memory]
+            if small:
+                problems.append(f"GPU memory (got {small[0]['memory_gib']} GiB, expected >= {memory} GiB)")
+        if problems:
+            raise VerificationError("; ".join(problems))
+        machine = ", ".join(sorted({g["name"] for g in gpus})) or fingerprint["cpu"]["model"]
+        return f"{len(gpus)} GPU(s) meet the manifest's requirements ({machine})"
+
+
+class Containerised:
+    """The run executed inside the kit's container (a local run is reported, not failed)."""
+
+    name = "containerised"
+
+    def check(self, ctx: VerifyContext) -> str | Warn:
+        container = ctx.fingerprint()["container"]
+        if not container["inside"]:
+            return Warn(f"run was not containerised (runtime {container['runtime']})")
+        image = container.get("image_digest") or container.get("image") or "image digest not recorded"
+        return f"run inside a container ({image})"
+
+
+class Measurement:
+    """How each domain's energy was obtained: counters or integrated power pass; estimates and unmeasured domains
+    are listed (a WARN, never a FAIL)."""
+
+    name = "measurement"
+
+    def check(self, ctx: VerifyContext) -> str | Warn:
+        weak: dict[str, set[str]] = {}
+        methods: dict[str, set[str]] = {}
+        for stage in ctx.stage_names():
+            for domain, figure in ctx.stage_summary(stage)["energy"].items():
+                methods.setdefault(domain, set()).add(figure["method"])
+                if figure["method"] in ("estimate", "unmeasured"):
+                    weak.setdefault(f"{domain} {figure['method']}", set()).add(stage)
+        described = "; ".join(f"{d}: {'/'.join(sorted(m))}" for d, m in sorted(methods.items()))
+        if weak:
+            return Warn("not measured by a counter: " + "; ".join(
+                f"{what} (in {', '.join(sorted(stages))})" for what, stages in sorted(weak.items())))
+        return f"every domain measured ({described})"
