@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill_kit.logits.cache import CacheIndex, CacheReader, CacheWriter, SequenceLogits
+from distill_kit.logits.cache import CacheIndex, CacheReader, CacheWriter, EncodedSequence, SequenceLogits
+from distill_kit.logits.codec import CodecSpec, decode, default_value_bytes, encode
 from distill_kit.training.data import Example, collate
 from distill_kit.training.losses import KDConfig, TopKDistillationLoss
 from distill_kit.training.trainer import TrainConfig, plan_micro_batches
@@ -75,58 +76,103 @@ def test_loss_is_zero_when_student_equals_teacher_and_mask_is_respected():
     assert float(masked) == pytest.approx(float(full), rel=1e-6)
 
 
-def _sequences(n: int, k: int = 4, vocab: int = 300, seed: int = 0) -> list[SequenceLogits]:
+def _rows(n: int, k: int, vocab: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.tensor(rng.normal(size=(n, vocab)) * 3, dtype=torch.float32)
+    values, indices = torch.log_softmax(logits, -1).topk(k, -1)
+    return indices, values
+
+
+def _sequences(n: int, index: CacheIndex, seed: int = 0) -> list[tuple[EncodedSequence, SequenceLogits]]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         length = int(rng.integers(3, 9))
-        out.append(SequenceLogits(
-            tokens=rng.integers(0, vocab, length), loss_mask=(rng.random(length) > 0.5).astype(np.uint8),
-            topk_indices=rng.integers(0, vocab, (length - 1, k)),
-            topk_logprobs=-np.sort(rng.random((length - 1, k)), -1) * 5,
-            tail_logmass=-rng.random(length - 1)))
+        tokens = rng.integers(0, index.vocab_size, length)
+        mask = (rng.random(length) > 0.5).astype(np.uint8)
+        indices, values = _rows(length - 1, index.top_k, index.vocab_size, rng)
+        arrays, _ = index.encode_rows(indices, values)
+        out.append((EncodedSequence(tokens, mask, arrays),
+                    SequenceLogits(tokens, mask, indices.numpy(), values.numpy())))
     return out
 
 
-def test_cache_round_trip_is_exact_for_indices_and_bounded_for_values(tmp_path):
-    sequences = _sequences(25)
-    writer = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=1.0, vocab_size=300, index_dtype="uint16"),
-                              shard_tokens=40)
-    for s in sequences:
-        writer.add(s)
+def _index(encoding: str = "packed") -> CacheIndex:
+    return CacheIndex(top_k=4, temperature=1.0, vocab_size=300, encoding=encoding)
+
+
+@pytest.mark.parametrize("encoding", ["packed", "float16"])
+def test_cache_round_trip_is_exact_for_indices_and_bounded_for_values(tmp_path, encoding):
+    sequences = _sequences(25, _index(encoding))
+    writer = CacheWriter.open(tmp_path, _index(encoding), shard_tokens=40)
+    for encoded, decoded in sequences:
+        arrays, error = _index(encoding).encode_rows(torch.from_numpy(decoded.topk_indices),
+                                                     torch.from_numpy(decoded.topk_logprobs))
+        writer.add(encoded, error)
     index = writer.close()
     assert len(index.shards) > 2 and index.complete
     got = list(CacheReader(tmp_path).sequences())
     assert len(got) == len(sequences)
-    for a, b in zip(sequences, got, strict=True):
-        np.testing.assert_array_equal(a.tokens, b.tokens)
-        np.testing.assert_array_equal(a.topk_indices, b.topk_indices)
-        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=5e-3)
+    for (_, want), have in zip(sequences, got, strict=True):
+        np.testing.assert_array_equal(want.tokens, have.tokens)
+        np.testing.assert_array_equal(want.loss_mask, have.loss_mask)
+        np.testing.assert_array_equal(want.topk_indices, have.topk_indices)
+        # float16 rounds; packed steps are at most half the row's range / levels (~0.1 nats here, k=4 in 4 B)
+        np.testing.assert_allclose(want.topk_logprobs, have.topk_logprobs, atol=0.1 if encoding == "packed" else 5e-3)
+    assert 0 < index.max_abs_logprob_error <= 0.1
+
+
+@pytest.mark.parametrize("k, vocab", [(1, 10), (8, 448), (100, 100352)])
+def test_codec_indices_exact_and_error_within_its_bound(k, vocab):
+    spec = CodecSpec(k, vocab, default_value_bytes(k))
+    spec.validate()
+    indices, values = _rows(64, k, vocab, np.random.default_rng(k))
+    encoded = encode(indices, values, spec)
+    got_indices, got_values = decode(encoded, spec)
+    assert torch.equal(got_indices, indices)
+    delta = encoded["topk_header"][:, 1].float()
+    top = encoded["topk_header"][:, 0].float()
+    bound = delta / 2 + (top - values[:, 0]).abs() + 1e-6
+    assert bool(((got_values - values).abs() <= bound[:, None] + delta[:, None] * 0.01).all())
+    assert bool((got_values[:, :-1] >= got_values[:, 1:]).all())  # still sorted
+
+
+def test_codec_row_size_at_k100_fits_250_bytes_per_token():
+    spec = CodecSpec(100, 100352, default_value_bytes(100))
+    assert spec.index_bits == 17
+    assert spec.row_bytes + 4 <= 250  # + the int32 token id (its spare bit carries the loss mask)
 
 
 def test_cache_resumes_after_whole_shards_and_detects_corruption(tmp_path):
-    sequences = _sequences(20)
-    index = CacheIndex(top_k=4, temperature=1.0, vocab_size=300, index_dtype="uint16")
-    writer = CacheWriter.open(tmp_path, index, shard_tokens=30)
-    for s in sequences[:12]:
-        writer.add(s)
+    sequences = _sequences(20, _index())
+    writer = CacheWriter.open(tmp_path, _index(), shard_tokens=30)
+    for encoded, _ in sequences[:12]:
+        writer.add(encoded)
     writer.abort()  # killed: whatever was queued is whole on disk, the rest is lost
     first_shards = {s.file: s.sha256 for s in CacheIndex.load(tmp_path).shards}
-    resumed = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=1.0, vocab_size=300,
-                                                    index_dtype="uint16"), shard_tokens=30)
+    resumed = CacheWriter.open(tmp_path, _index(), shard_tokens=30)
     done = resumed.sequences_done
     assert 0 < done <= 12
-    for s in sequences[done:]:
-        resumed.add(s)
+    for encoded, _ in sequences[done:]:
+        resumed.add(encoded)
     final = resumed.close()
     assert {s.file: s.sha256 for s in final.shards if s.file in first_shards} == first_shards  # never rewritten
-    assert [len(s.tokens) for s in CacheReader(tmp_path).sequences()] == [len(s.tokens) for s in sequences]
+    assert [len(s.tokens) for s in CacheReader(tmp_path).sequences()] == [len(e.tokens) for e, _ in sequences]
     shard = tmp_path / final.shards[0].file
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt"):
         CacheReader(tmp_path)
+
+
+def test_a_cache_with_other_settings_is_started_afresh(tmp_path):
+    writer = CacheWriter.open(tmp_path, _index(), shard_tokens=10)
+    for encoded, _ in _sequences(5, _index()):
+        writer.add(encoded)
+    writer.close()
+    other = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=2.0, vocab_size=300), shard_tokens=10)
+    assert other.sequences_done == 0 and not list(tmp_path.glob("shard-*"))
+    other.abort()
 
 
 def _examples(lengths: list[int]) -> list[Example]:

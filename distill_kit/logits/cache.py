@@ -1,13 +1,14 @@
-"""On-disk format of the teacher-logit cache (version 1), its writer and its reader.
+"""On-disk format of the teacher-logit cache (version 2), its writer and its reader (docs/logit-cache.md).
 
-    cache/index.json                  CacheIndex: settings, shards with sha256, totals, complete flag
+    cache/index.json                  CacheIndex: settings, codec, shards with sha256, totals, measured error
     cache/shard-00000.safetensors     tensors of a run of whole sequences:
-        tokens        int32 [T]        the sequences' token ids, concatenated
+        tokens        int32 [T]        token ids, concatenated; bit 31 set where the token is a training
+                                       target (completion, EOS) — the loss mask rides in the spare bit
         offsets       int64 [N+1]      sequence i is tokens[offsets[i]:offsets[i+1]]
-        loss_mask     uint8 [T]        1 where the token is a training target (completion, EOS)
-        topk_indices  uint16|int32 [P, k]  P = T - N prediction rows: row r of sequence i predicts its token r+1
-        topk_logprobs float16 [P, k]   teacher log-probs at temperature T, sorted descending
-        tail_logmass  float16 [P]      log of the probability mass outside the top-k (log1p(-sum p_topk))
+        and P = T - N prediction rows (row r of sequence i predicts its token r+1), per ``encoding``:
+        packed:  topk_indices_packed uint8 [P, index_bytes], topk_header float16 [P, 2],
+                 topk_values_packed uint8 [P, value_bytes]            (see logits/codec.py; ~250 B/token at k=100)
+        float16: topk_indices int32 [P, k], topk_logprobs float16 [P, k]  (the reference encoding)
 
 Shards are written whole by a background thread (the teacher's forward pass never waits on the disk) and
 atomically; a finished shard is never rewritten, so a killed teacher stage resumes after the last one.
@@ -23,11 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from distill_kit._io import atomic_write_json, read_json, sha256_file
+from distill_kit.logits.codec import CodecSpec, default_value_bytes, tail_logmass
+from distill_kit.logits.codec import decode as codec_decode
+from distill_kit.logits.codec import encode as codec_encode
 
 FORMAT = "distill-kit-logit-cache"
-VERSION = 1
+VERSION = 2
+TARGET_BIT = np.int64(1) << 31
 INDEX_FILE = "index.json"
 
 
@@ -46,8 +52,9 @@ class CacheIndex:
     top_k: int
     temperature: float
     vocab_size: int
-    index_dtype: str
-    value_dtype: str = "float16"
+    encoding: str = "packed"  # packed | float16
+    value_bytes: int | None = None  # packed: bytes per row for the k log-probs
+    max_abs_logprob_error: float = 0.0  # the worst error the writer measured (decode vs teacher output)
     format: str = FORMAT
     version: int = VERSION
     shards: list[ShardInfo] = field(default_factory=list)
@@ -84,19 +91,51 @@ class CacheIndex:
         atomic_write_json(folder / INDEX_FILE, self.to_dict())
 
 
-def index_dtype_for(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
+    @property
+    def codec(self) -> CodecSpec:
+        return CodecSpec(self.top_k, self.vocab_size, self.value_bytes or default_value_bytes(self.top_k))
+
+    def encode_rows(self, indices: torch.Tensor, logprobs: torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
+        """Encode [P, k] rows on their device; returns host arrays and the largest log-prob error made."""
+        if self.encoding == "float16":
+            stored = logprobs.to(torch.float16)
+            error = float((stored.float() - logprobs.float()).abs().max()) if len(logprobs) else 0.0
+            return {"topk_indices": indices.to(torch.int32).cpu().numpy(), "topk_logprobs": stored.cpu().numpy()}, error
+        encoded = codec_encode(indices, logprobs, self.codec)
+        _, decoded = codec_decode(encoded, self.codec)
+        error = float((decoded - logprobs.float()).abs().max()) if len(logprobs) else 0.0
+        return {k: v.cpu().numpy() for k, v in encoded.items()}, error
+
+    def decode_rows(self, arrays: dict[str, np.ndarray], rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        if self.encoding == "float16":
+            return arrays["topk_indices"][rows].astype(np.int64), arrays["topk_logprobs"][rows].astype(np.float32)
+        part = {k: torch.from_numpy(np.ascontiguousarray(arrays[k][rows])) for k in
+                ("topk_indices_packed", "topk_header", "topk_values_packed")}
+        indices, logprobs = codec_decode(part, self.codec)
+        return indices.numpy(), logprobs.numpy()
 
 
 @dataclass
 class SequenceLogits:
-    """One sequence's teacher output, ready to store."""
+    """One sequence's tokens and the teacher's top-k for its prediction rows (decoded form)."""
 
     tokens: np.ndarray  # int [n]
     loss_mask: np.ndarray  # uint8 [n]
     topk_indices: np.ndarray  # [n-1, k]
     topk_logprobs: np.ndarray  # float [n-1, k]
-    tail_logmass: np.ndarray  # float [n-1]
+
+    @property
+    def tail_logmass(self) -> np.ndarray:
+        return tail_logmass(self.topk_logprobs)
+
+
+@dataclass
+class EncodedSequence:
+    """One sequence as the writer stores it: tokens, mask and already-encoded prediction rows."""
+
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    rows: dict[str, np.ndarray]
 
 
 class CacheWriter:
@@ -111,9 +150,9 @@ class CacheWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.index = index
         self.shard_tokens = shard_tokens
-        self._pending: list[SequenceLogits] = []
+        self._pending: list[EncodedSequence] = []
         self._pending_tokens = 0
-        self._queue: queue.Queue[tuple[int, int, list[SequenceLogits]] | None] = queue.Queue(maxsize=4)
+        self._queue: queue.Queue[tuple[int, int, list[EncodedSequence]] | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, name="logit-cache-writer", daemon=True)
         self._thread.start()
@@ -126,8 +165,8 @@ class CacheWriter:
         folder = Path(folder)
         if (folder / INDEX_FILE).exists():
             existing = CacheIndex.load(folder)
-            same = (existing.top_k, existing.temperature, existing.vocab_size) == (
-                index.top_k, index.temperature, index.vocab_size)
+            settings = ("top_k", "temperature", "vocab_size", "encoding", "value_bytes", "version")
+            same = all(getattr(existing, f) == getattr(index, f) for f in settings)
             if same and all(sha256_file(folder / s.file) == s.sha256 for s in existing.shards):
                 existing.complete = False
                 return cls(folder, existing, shard_tokens)
@@ -140,7 +179,8 @@ class CacheWriter:
         """Sequences already safely in finished shards (a resumed teacher starts after them)."""
         return self.index.sequences
 
-    def add(self, sequence: SequenceLogits) -> None:
+    def add(self, sequence: EncodedSequence, error: float = 0.0) -> None:
+        self.index.max_abs_logprob_error = max(self.index.max_abs_logprob_error, error)
         if self._error is not None:
             raise RuntimeError("logit cache writer failed") from self._error
         self._pending.append(sequence)
@@ -164,19 +204,19 @@ class CacheWriter:
                 self._error = err
                 return
 
-    def _write_shard(self, number: int, first_sequence: int, sequences: list[SequenceLogits]) -> None:
+    def _write_shard(self, number: int, first_sequence: int, sequences: list[EncodedSequence]) -> None:
         from safetensors.numpy import save
 
         lengths = np.array([len(s.tokens) for s in sequences], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
+        tokens = np.concatenate([s.tokens for s in sequences]).astype(np.int64)
+        mask = np.concatenate([s.loss_mask for s in sequences]).astype(bool)
         tensors = {
-            "tokens": np.concatenate([s.tokens for s in sequences]).astype(np.int32),
+            "tokens": np.where(mask, tokens | TARGET_BIT, tokens).astype(np.uint32).view(np.int32),
             "offsets": offsets.astype(np.int64),
-            "loss_mask": np.concatenate([s.loss_mask for s in sequences]).astype(np.uint8),
-            "topk_indices": np.concatenate([s.topk_indices for s in sequences]).astype(self.index.index_dtype),
-            "topk_logprobs": np.concatenate([s.topk_logprobs for s in sequences]).astype(np.float16),
-            "tail_logmass": np.concatenate([s.tail_logmass for s in sequences]).astype(np.float16),
         }
+        for key in sequences[0].rows:
+            tensors[key] = np.concatenate([s.rows[key] for s in sequences])
         name = f"shard-{number:05d}.safetensors"
         from distill_kit._io import atomic_write_bytes
 
@@ -228,12 +268,14 @@ class CacheReader:
             return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
 
     def sequences(self):  # -> Iterator[SequenceLogits]
+        """Every sequence, decoded (a shard at a time: decoding is vectorised over the shard's rows)."""
         for shard in self.index.shards:
             arrays = self.shard_arrays(shard)
             offsets = arrays["offsets"]
+            raw = arrays["tokens"].view(np.uint32).astype(np.int64)
+            tokens, mask = raw & (TARGET_BIT - 1), ((raw & TARGET_BIT) != 0).astype(np.uint8)
+            indices, logprobs = self.index.decode_rows(arrays, slice(None))
             for i in range(len(offsets) - 1):
                 start, end = int(offsets[i]), int(offsets[i + 1])
                 rows = slice(start - i, end - i - 1)
-                yield SequenceLogits(arrays["tokens"][start:end], arrays["loss_mask"][start:end],
-                                     arrays["topk_indices"][rows], arrays["topk_logprobs"][rows],
-                                     arrays["tail_logmass"][rows])
+                yield SequenceLogits(tokens[start:end], mask[start:end], indices[rows], logprobs[rows])

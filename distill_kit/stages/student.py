@@ -32,7 +32,7 @@ class StudentStage:
             raise ValueError(f"teacher vocabulary ({reader.index.vocab_size}) differs from the student's "
                              f"({self.model.config.vocab_size}); a vocabulary mapping is needed")
         self.cache = reader.index
-        self.examples = [Example(s.tokens, s.loss_mask, s.topk_indices, s.topk_logprobs, s.tail_logmass)
+        self.examples = [Example(s.tokens, s.loss_mask, s.topk_indices, s.topk_logprobs)
                          for s in reader.sequences()]
 
     def run(self) -> StageResult:

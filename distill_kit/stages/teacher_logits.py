@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from distill_kit.assets.resolve import asset_path, tokenizer_path
-from distill_kit.logits.cache import CacheIndex, CacheWriter, SequenceLogits, index_dtype_for
+from distill_kit.logits.cache import CacheIndex, CacheWriter, EncodedSequence
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.training.data import load_examples
 from distill_kit.training.models import load_model, load_tokenizer
@@ -35,31 +35,38 @@ class TeacherLogitsStage:
         self.examples = load_examples(train, asset_path(train, doc["name"]), self.tokenizer, max_len)
         vocab = int(self.model.config.vocab_size)
         self.index = CacheIndex(top_k=min(self.top_k, vocab), temperature=self.temperature, vocab_size=vocab,
-                                index_dtype=index_dtype_for(vocab),
+                                encoding=logits.get("encoding", "packed"), value_bytes=logits.get("value_bytes"),
                                 teacher={k: teacher_ref.get(k) for k in ("source", "id", "revision", "sha256")})
+        self.index.codec.validate()
         self.writer = CacheWriter.open(ctx.stage_dir / "cache", self.index, self.shard_tokens)
 
-    def _forward(self, batch: list[Any]) -> list[SequenceLogits]:
+    def _forward(self, batch: list[Any]) -> tuple[list[EncodedSequence], float]:
+        """Teacher forward, top-k and encoding on the teacher's device; only the compact rows are copied."""
         import torch
 
-        width = max(len(e.tokens) for e in batch)
-        ids = torch.full((len(batch), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        device = self.ctx.device
+        lengths = [len(e.tokens) for e in batch]
+        ids = torch.full((len(batch), max(lengths)), int(self.tokenizer.pad_token_id), dtype=torch.long)
         for i, example in enumerate(batch):
-            ids[i, : len(example.tokens)] = torch.from_numpy(example.tokens)
-            mask[i, : len(example.tokens)] = 1
+            ids[i, : lengths[i]] = torch.from_numpy(example.tokens)
+        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
         with torch.no_grad():
-            logits = self.model(input_ids=ids.to(self.ctx.device), attention_mask=mask.to(self.ctx.device)).logits
-            logprobs = torch.log_softmax(logits[:, :-1].float() / self.temperature, dim=-1)
-            values, indices = logprobs.topk(self.index.top_k, dim=-1)  # sorted, descending
-            tail = torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-6))
-        values, indices, tail = values.cpu().numpy(), indices.cpu().numpy(), tail.cpu().numpy()
-        out = []
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+            rows = mask[:, 1:].bool().to(device)  # prediction rows of real (non-padding) next tokens
+            selected = logits[rows]  # [P, V], sequences in order
+            # top-k of the raw logits has the order of the log-probs; normalise with one logsumexp pass
+            # instead of materialising a full float32 log_softmax of [P, V]
+            top_logits, indices = selected.topk(self.index.top_k, dim=-1)
+            lse = torch.logsumexp(selected.float() / self.temperature, dim=-1, keepdim=True)
+            logprobs = top_logits.float() / self.temperature - lse
+            arrays, error = self.index.encode_rows(indices, logprobs)
+        out, start = [], 0
         for i, example in enumerate(batch):
-            n = len(example.tokens)
-            out.append(SequenceLogits(example.tokens, example.loss_mask, indices[i, : n - 1], values[i, : n - 1],
-                                      tail[i, : n - 1]))
-        return out
+            count = lengths[i] - 1
+            out.append(EncodedSequence(example.tokens, example.loss_mask,
+                                       {k: v[start : start + count] for k, v in arrays.items()}))
+            start += count
+        return out, error
 
     def run(self) -> StageResult:
         start = self.writer.sequences_done
@@ -68,8 +75,9 @@ class TeacherLogitsStage:
         if start:
             self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
         for batch in self.ctx.progress.track(batches, len(batches), "teacher: caching top-k log-probs"):
-            for sequence in self._forward(batch):
-                self.writer.add(sequence)
+            sequences, error = self._forward(batch)
+            for sequence in sequences:
+                self.writer.add(sequence, error)
         index = self.writer.close()
         self.writer = None
         forward_tokens = int(sum(len(e.tokens) for e in self.examples))
@@ -77,7 +85,9 @@ class TeacherLogitsStage:
             "cache": {"path": "cache", "top_k": index.top_k, "temperature": index.temperature,
                       "vocab_size": index.vocab_size, "shards": len(index.shards), "sequences": index.sequences,
                       "tokens": index.tokens, "bytes": index.bytes,
-                      "bytes_per_token": index.bytes / index.tokens if index.tokens else None},
+                      "bytes_per_token": index.bytes / index.tokens if index.tokens else None,
+                      "encoding": index.encoding, "row_bytes": index.codec.row_bytes if index.encoding == "packed"
+                      else None, "max_abs_logprob_error": index.max_abs_logprob_error},
             "resumed_after_sequences": start,
         })
 

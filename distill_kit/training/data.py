@@ -15,7 +15,6 @@ class Example:
     loss_mask: np.ndarray  # uint8 [n]: 1 where the token is a target (predicted from the one before)
     topk_indices: np.ndarray | None = None  # [n-1, k]: teacher top-k for the prediction at each position
     topk_logprobs: np.ndarray | None = None
-    tail_logmass: np.ndarray | None = None
 
     @property
     def target_tokens(self) -> int:
