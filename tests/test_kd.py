@@ -197,3 +197,36 @@ def test_collate_pads_and_never_trains_on_padding():
     assert batch.input_ids.shape == (2, 6) and int(batch.input_ids[0, 5]) == 99
     assert batch.target_tokens == 2 + 5
     assert not bool(batch.target_mask[0, 2:].any())
+
+
+@pytest.mark.parametrize("divergence, tail", [("forward_kl", "ignore"), ("forward_kl", "renormalize"),
+                                              ("jsd", "tail_bucket"), ("reverse_kl", "renormalize")])
+def test_chunked_head_gives_the_reference_loss_and_gradients(divergence, tail, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distill_kit.training.losses import KDConfig
+    from distill_kit.training.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    rng = np.random.default_rng(1)
+    examples = []
+    for _ in range(5):
+        n = int(rng.integers(5, 12))
+        top = torch.log_softmax(torch.randn(n - 1, 97), -1).topk(8, -1)
+        examples.append(Example(rng.integers(0, 97, n), (rng.random(n) > 0.3).astype(np.uint8),
+                                top.indices.numpy(), top.values.numpy()))
+    batch = collate(examples, 0)
+    results = {}
+    for head in ("reference", "chunked"):
+        config = TrainConfig(batch_size=5, grad_accum=1, seed=0, token_budget=100, ce_weight=0.3, kd_weight=0.7,
+                             kd=KDConfig(divergence=divergence, tail=tail, jsd_beta=0.4), head=head,
+                             head_chunk_rows=7)
+        trainer = Trainer(model, examples, config, tmp_path, "cpu", 0)
+        model.zero_grad()
+        loss, _ = trainer._micro_loss(batch, batch.target_tokens)
+        loss.backward()
+        results[head] = (float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert results["chunked"][0] == pytest.approx(results["reference"][0], rel=1e-6)
+    torch.testing.assert_close(results["chunked"][1], results["reference"][1], rtol=1e-5, atol=1e-7)

@@ -15,6 +15,9 @@ class Example:
     loss_mask: np.ndarray  # uint8 [n]: 1 where the token is a target (predicted from the one before)
     topk_indices: np.ndarray | None = None  # [n-1, k]: teacher top-k for the prediction at each position
     topk_logprobs: np.ndarray | None = None
+    # Packed examples (several sequences in one row): position ids restarting at 0 at each sequence, so that
+    # attention stays within a sequence (transformers' packed-sequence masks). None: 0..n-1, one sequence.
+    position_ids: np.ndarray | None = None
 
     @property
     def target_tokens(self) -> int:
@@ -46,7 +49,11 @@ def load_examples(ref: dict[str, Any], data_path: Path, tokenizer: Any, max_seq_
     if fmt == "prompt_answer":
         path = data_path / f"{split}.jsonl" if data_path.is_dir() else data_path
         return prompt_answer_examples(path, tokenizer, max_seq_len, ref.get("max_examples"))
-    raise NotImplementedError(f"dataset format '{fmt}' has no preprocessor in this version of the kit")
+    from distill_kit.training.preprocess import FORMATS, preprocess
+
+    if fmt in FORMATS:  # the hub datasets' real schemas: counted drops, revision and output sha256 in the report
+        return preprocess(ref, data_path, tokenizer, max_seq_len, split).examples
+    raise NotImplementedError(f"dataset format '{fmt}' has no preprocessor in this version of the kit
 
 
 @dataclass
@@ -56,10 +63,18 @@ class Batch:
     target_mask: Any  # [B, L-1]: 1 where logits[:, t] is trained to predict input_ids[:, t+1]
     topk_indices: Any | None  # [B, L-1, k]
     topk_logprobs: Any | None
+    position_ids: Any | None = None  # [B, L], packed batches only
 
     @property
     def target_tokens(self) -> int:
         return int(self.target_mask.sum())
+
+    def model_inputs(self, device: str) -> dict[str, Any]:
+        """Keyword arguments locating the tokens for the model: the padding mask, or for packed rows the position
+        ids from which transformers builds a block-diagonal causal mask (no attention across sequences)."""
+        if self.position_ids is None:
+            return {"attention_mask": self.attention_mask.to(device)}
+        return {"position_ids": self.position_ids.to(device), "attention_mask": None, "use_cache": False}
 
 
 def collate(examples: list[Example], pad_id: int, token_cap: int | None = None) -> Batch:
@@ -75,10 +90,16 @@ def collate(examples: list[Example], pad_id: int, token_cap: int | None = None) 
     k = examples[0].topk_indices.shape[1] if has_topk else 0
     indices = torch.zeros((len(examples), width - 1, k), dtype=torch.long) if has_topk else None
     logprobs = torch.zeros((len(examples), width - 1, k), dtype=torch.float32) if has_topk else None
+    packed = any(e.position_ids is not None for e in examples)
+    positions = torch.arange(width, dtype=torch.long).repeat(len(examples), 1) if packed else None
     for i, example in enumerate(examples):
         n = len(example.tokens)
         input_ids[i, :n] = torch.from_numpy(example.tokens.astype(np.int64))
         attention[i, :n] = 1
+        if packed:  # padding after the last sequence restarts at 0: a segment of its own
+            own = example.position_ids if example.position_ids is not None else np.arange(n)
+            positions[i, :n] = torch.from_numpy(own.astype(np.int64))
+            positions[i, n:] = torch.arange(width - n)
         target[i, : n - 1] = torch.from_numpy(example.loss_mask[1:].astype(bool))
         if has_topk:
             indices[i, : n - 1] = torch.from_numpy(example.topk_indices.astype(np.int64))
@@ -87,4 +108,4 @@ def collate(examples: list[Example], pad_id: int, token_cap: int | None = None) 
         flat = target.flatten()
         keep = torch.cumsum(flat.long(), 0) <= token_cap
         target = (flat & keep).reshape(target.shape)
-    return Batch(input_ids, attention, target, indices, logprobs)
+    return Batch(input_ids, attention, target, indices, logprobs, positions)

@@ -69,6 +69,16 @@ def divergence(p_log: torch.Tensor, q_log: torch.Tensor, kind: str, beta: float 
     raise ValueError(f"unknown divergence '{kind}'")
 
 
+def per_token_kd(student_logits: torch.Tensor, topk_indices: torch.Tensor, topk_logprobs: torch.Tensor,
+                 config: KDConfig) -> torch.Tensor:
+    """The distillation term of each position: student_logits [..., V], teacher top-k [..., k] -> [...]."""
+    student_logprobs = F.log_softmax(student_logits.float() / config.temperature, dim=-1)
+    student_k = student_logprobs.gather(-1, topk_indices.long())
+    p_log, q_log = supports(topk_logprobs.float(), student_k, config.tail)
+    per_token = divergence(p_log, q_log, config.divergence, config.jsd_beta)
+    return per_token * config.temperature**2 if config.scale_by_temperature_squared else per_token
+
+
 class TopKDistillationLoss(nn.Module):
     """Mean over target tokens of the divergence between cached teacher top-k and the student."""
 
@@ -79,13 +89,7 @@ class TopKDistillationLoss(nn.Module):
     def forward(self, student_logits: torch.Tensor, topk_indices: torch.Tensor, topk_logprobs: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
         """student_logits [..., V]; topk_indices/logprobs [..., k]; mask [...] (1 = a trained position)."""
-        c = self.config
-        student_logprobs = F.log_softmax(student_logits.float() / c.temperature, dim=-1)
-        student_k = student_logprobs.gather(-1, topk_indices.long())
-        p_log, q_log = supports(topk_logprobs.float(), student_k, c.tail)
-        per_token = divergence(p_log, q_log, c.divergence, c.jsd_beta)
-        if c.scale_by_temperature_squared:
-            per_token = per_token * c.temperature**2
+        per_token = per_token_kd(student_logits, topk_indices, topk_logprobs, self.config)
         mask = mask.to(per_token.dtype)
         return (per_token * mask).sum() / mask.sum().clamp(min=1)
 

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from distill_kit._io import atomic_write_bytes, atomic_write_json
 from distill_kit.training.data import Example, collate
-from distill_kit.training.losses import KDConfig, TopKDistillationLoss, masked_cross_entropy
+from distill_kit.training.fused_head import chunked_head_loss
+from distill_kit.training.losses import KDConfig, TopKDistillationLoss, masked_cross_entropy, per_token_kd
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -50,6 +52,8 @@ class TrainConfig:
     ce_weight: float = 1.0
     kd_weight: float = 0.0
     kd: KDConfig = field(default_factory=KDConfig)
+    head: str = "auto"  # auto | chunked | reference: how the LM head and loss are computed (fused_head.py)
+    head_chunk_rows: int = 4096
 
     @classmethod
     def from_manifest(cls, document: dict[str, Any]) -> TrainConfig:
@@ -67,6 +71,7 @@ class TrainConfig:
             warmup_steps=scheduler.get("warmup_steps", 0), warmup_ratio=scheduler.get("warmup_ratio", 0.0),
             checkpoint_every_steps=student.get("checkpoint_every_steps", 100),
             precision=student.get("precision", "auto"), ce_weight=loss.get("ce_weight", 1.0),
+            head=student.get("head", "auto"),
             kd_weight=loss.get("kd_weight", 0.0),
             kd=KDConfig(divergence=kd.get("divergence", "forward_kl"), temperature=kd.get("temperature", 1.0),
                         scale_by_temperature_squared=kd.get("scale_by_temperature_squared", True),
@@ -166,6 +171,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def supports_chunked_head(model: torch.nn.Module) -> bool:
+    """The chunked head reproduces ``lm_head(hidden)`` only for a plain bias-free linear head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and hasattr(model, "base_model")
+            and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None)
+
+
 def model_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
     """Training FLOPs per token: 6 x non-embedding parameters + 12 x layers x hidden x sequence (attention)."""
     cfg = model.config
@@ -196,12 +209,44 @@ class Trainer:
         self.track = track or (lambda items, total, description: items)
         self.kd_loss = TopKDistillationLoss(config.kd)
         self.use_bf16 = device == "cuda" and config.precision in ("bf16", "auto")
+        self.chunked = config.head == "chunked" or (config.head == "auto" and supports_chunked_head(model))
+        if config.head == "chunked" and not supports_chunked_head(model):
+            raise ValueError("student.head=chunked needs a plain linear LM head (no bias, no logit scaling)")
 
     @property
     def checkpoint_root(self) -> Path:
         return self.out_dir / "checkpoints"
 
+    def _chunked_micro_loss(self, batch, step_tokens: int) -> tuple[torch.Tensor, int]:
+        """Only target rows go through the head, in chunks (fused_head.py); same sum as the reference path."""
+        input_ids = batch.input_ids.to(self.device)
+        target = batch.target_mask.to(self.device)
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.use_bf16):
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device))
+            hidden = hidden.last_hidden_state[:, :-1][target]
+        labels = input_ids[:, 1:][target]
+        kd_indices = batch.topk_indices.to(self.device)[target] if self.config.kd_weight else None
+        kd_logprobs = batch.topk_logprobs.to(self.device)[target] if self.config.kd_weight else None
+        config = self.config
+
+        def loss_fn(logits: torch.Tensor, rows: slice) -> torch.Tensor:
+            total = torch.zeros((), device=logits.device)
+            if config.ce_weight:
+                total = total + config.ce_weight * F.cross_entropy(logits, labels[rows], reduction="sum")
+            if config.kd_weight:
+                total = total + config.kd_weight * per_token_kd(logits, kd_indices[rows], kd_logprobs[rows],
+                                                                config.kd).sum()
+            return total / max(step_tokens, 1)
+
+        weight = self.model.get_output_embeddings().weight
+        if self.use_bf16:
+            hidden, weight = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
+        loss = chunked_head_loss(hidden, weight, loss_fn, config.head_chunk_rows)
+        return loss, int(target.sum())
+
     def _micro_loss(self, batch, step_tokens: int) -> tuple[torch.Tensor, int]:
+        if self.chunked:
+            return self._chunked_micro_loss(batch, step_tokens)
         input_ids = batch.input_ids.to(self.device)
         attention = batch.attention_mask.to(self.device)
         target = batch.target_mask.to(self.device)
