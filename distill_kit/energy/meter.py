@@ -193,11 +193,29 @@ class EnergyMeter:
             sync()
             end = self._edge()
             figures = codecarbon.stop().to_dict() if codecarbon is not None else None
+            self._wait_for_sampler(window, end["t"] + self.interval_ms / 1000.0)
             edges = {"start": start, "end": end, "rapl_max_uj": {z.name: z.max_energy_uj for z in self._zones},
                      "rapl_domain": {z.name: z.domain for z in self._zones}}
             attempt = self._record(window.trace_path, window.attempt, "finished", start["t"], end["t"], edges,
                                    figures, [])
             record.update({k: v for k, v in attempt.to_dict().items() if k not in ("attempt", "status", "notes")})
+
+    def _wait_for_sampler(self, window: Window, t: float) -> None:
+        """Let the running sampler write its samples up to ``t``, so a nested window reads all of its rows
+        (and verify, reading the finished trace later, finds the same ones)."""
+        if window.sampler is None or window.sampler.poll() is not None:
+            return
+        deadline = time.monotonic() + 5 * self.interval_ms / 1000.0 + 1.0
+        while time.monotonic() < deadline:
+            try:
+                with open(window.trace_path, "rb") as handle:
+                    handle.seek(max(0, handle.seek(0, 2) - 4096))
+                    last = handle.read().splitlines()[-1].split(b",", 1)[0]
+                if float(last) > t:
+                    return
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(self.interval_ms / 4000.0)
 
     def end(self, window: Window, status: str, sync: Callable[[], None] = sync_devices) -> AttemptRecord:
         sync()

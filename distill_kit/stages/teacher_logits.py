@@ -10,6 +10,7 @@ from typing import Any
 
 from distill_kit.assets.resolve import asset_path, tokenizer_path
 from distill_kit.logits.cache import CacheIndex, CacheWriter, EncodedSequence
+from distill_kit.logits.teacher import pad_batch, split_sequences, teacher_topk
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.training.data import load_examples
 from distill_kit.training.models import load_model, load_tokenizer
@@ -41,32 +42,10 @@ class TeacherLogitsStage:
         self.writer = CacheWriter.open(ctx.stage_dir / "cache", self.index, self.shard_tokens)
 
     def _forward(self, batch: list[Any]) -> tuple[list[EncodedSequence], float]:
-        """Teacher forward, top-k and encoding on the teacher's device; only the compact rows are copied."""
-        import torch
-
-        device = self.ctx.device
-        lengths = [len(e.tokens) for e in batch]
-        ids = torch.full((len(batch), max(lengths)), int(self.tokenizer.pad_token_id), dtype=torch.long)
-        for i, example in enumerate(batch):
-            ids[i, : lengths[i]] = torch.from_numpy(example.tokens)
-        mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
-        with torch.no_grad():
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
-            rows = mask[:, 1:].bool().to(device)  # prediction rows of real (non-padding) next tokens
-            selected = logits[rows]  # [P, V], sequences in order
-            # top-k of the raw logits has the order of the log-probs; normalise with one logsumexp pass
-            # instead of materialising a full float32 log_softmax of [P, V]
-            top_logits, indices = selected.topk(self.index.top_k, dim=-1)
-            lse = torch.logsumexp(selected.float() / self.temperature, dim=-1, keepdim=True)
-            logprobs = top_logits.float() / self.temperature - lse
-            arrays, error = self.index.encode_rows(indices, logprobs)
-        out, start = [], 0
-        for i, example in enumerate(batch):
-            count = lengths[i] - 1
-            out.append(EncodedSequence(example.tokens, example.loss_mask,
-                                       {k: v[start : start + count] for k, v in arrays.items()}))
-            start += count
-        return out, error
+        tokens = [e.tokens for e in batch]
+        ids, mask, _ = pad_batch(tokens, int(self.tokenizer.pad_token_id))
+        arrays, error = teacher_topk(self.model, ids, mask, self.index)
+        return split_sequences(arrays, tokens, [e.loss_mask for e in batch]), error
 
     def run(self) -> StageResult:
         start = self.writer.sequences_done

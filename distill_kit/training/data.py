@@ -53,7 +53,7 @@ def load_examples(ref: dict[str, Any], data_path: Path, tokenizer: Any, max_seq_
 
     if fmt in FORMATS:  # the hub datasets' real schemas: counted drops, revision and output sha256 in the report
         return preprocess(ref, data_path, tokenizer, max_seq_len, split).examples
-    raise NotImplementedError(f"dataset format '{fmt}' has no preprocessor in this version of the kit
+    raise NotImplementedError(f"dataset format '{fmt}' has no preprocessor in this version of the kit")
 
 
 @dataclass

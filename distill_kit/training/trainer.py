@@ -54,6 +54,7 @@ class TrainConfig:
     kd: KDConfig = field(default_factory=KDConfig)
     head: str = "auto"  # auto | chunked | reference: how the LM head and loss are computed (fused_head.py)
     head_chunk_rows: int = 4096
+    compile: bool = False  # torch.compile the decoder (GPU runs; the first steps pay the compile time)
 
     @classmethod
     def from_manifest(cls, document: dict[str, Any]) -> TrainConfig:
@@ -71,7 +72,7 @@ class TrainConfig:
             warmup_steps=scheduler.get("warmup_steps", 0), warmup_ratio=scheduler.get("warmup_ratio", 0.0),
             checkpoint_every_steps=student.get("checkpoint_every_steps", 100),
             precision=student.get("precision", "auto"), ce_weight=loss.get("ce_weight", 1.0),
-            head=student.get("head", "auto"),
+            head=student.get("head", "auto"), compile=student.get("compile", False),
             kd_weight=loss.get("kd_weight", 0.0),
             kd=KDConfig(divergence=kd.get("divergence", "forward_kl"), temperature=kd.get("temperature", 1.0),
                         scale_by_temperature_squared=kd.get("scale_by_temperature_squared", True),
@@ -179,12 +180,21 @@ def supports_chunked_head(model: torch.nn.Module) -> bool:
             and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None)
 
 
+def matmul_params(model: torch.nn.Module) -> int:
+    """Parameters used in matrix multiplies: all but the input embedding (a lookup), plus the LM head even when
+    it shares its weight with the embedding (it is still a [hidden x vocab] matmul per token)."""
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    total = sum(p.numel() for p in model.parameters() if p is not embedding)
+    return total + (head.weight.numel() if head is not None and head.weight is embedding else 0)
+
+
 def model_flops_per_token(model: torch.nn.Module, seq_len: float) -> float:
-    """Training FLOPs per token: 6 x non-embedding parameters + 12 x layers x hidden x sequence (attention)."""
+    """Training FLOPs per token (PaLM's MFU convention): 6 x matmul parameters (LM head included, input
+    embedding excluded) + 12 x layers x hidden x sequence for attention scores and values (causal masking not
+    discounted)."""
     cfg = model.config
-    embedding = sum(p.numel() for n, p in model.named_parameters() if "embed" in n or "lm_head" in n)
-    non_embedding = sum(p.numel() for p in model.parameters()) - embedding
-    return 6.0 * non_embedding + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+    return 6.0 * matmul_params(model) + 12.0 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
 
 
 def peak_flops(device: str) -> tuple[float | None, str]:
@@ -212,6 +222,7 @@ class Trainer:
         self.chunked = config.head == "chunked" or (config.head == "auto" and supports_chunked_head(model))
         if config.head == "chunked" and not supports_chunked_head(model):
             raise ValueError("student.head=chunked needs a plain linear LM head (no bias, no logit scaling)")
+        self.decoder = torch.compile(model.base_model) if config.compile else model.base_model
 
     @property
     def checkpoint_root(self) -> Path:
@@ -222,7 +233,7 @@ class Trainer:
         input_ids = batch.input_ids.to(self.device)
         target = batch.target_mask.to(self.device)
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.use_bf16):
-            hidden = self.model.base_model(input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device))
+            hidden = self.model.base_model(input_ids=input_ids, **batch.model_inputs(self.device))
             hidden = hidden.last_hidden_state[:, :-1][target]
         labels = input_ids[:, 1:][target]
         kd_indices = batch.topk_indices.to(self.device)[target] if self.config.kd_weight else None
@@ -248,10 +259,9 @@ class Trainer:
         if self.chunked:
             return self._chunked_micro_loss(batch, step_tokens)
         input_ids = batch.input_ids.to(self.device)
-        attention = batch.attention_mask.to(self.device)
         target = batch.target_mask.to(self.device)
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.use_bf16):
-            logits = self.model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+            logits = self.model(input_ids=input_ids, **batch.model_inputs(self.device)).logits[:, :-1]
         loss = torch.zeros((), device=self.device)
         if self.config.ce_weight:
             loss = loss + self.config.ce_weight * masked_cross_entropy(logits, input_ids[:, 1:], target)
