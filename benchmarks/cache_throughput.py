@@ -32,14 +32,14 @@ def main() -> None:
     masks = [np.ones(SEQ, np.uint8) for _ in range(BATCH)]
 
     @torch.no_grad()
-    def bare() -> None:
-        model(input_ids=ids, attention_mask=mask).logits
+    def bare() -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=mask).logits
 
     with tempfile.TemporaryDirectory() as folder:
         index = CacheIndex(top_k=K, temperature=1.0, vocab_size=100352)
         writer = CacheWriter.open(Path(folder), index, shard_tokens=1 << 17)
 
-        def cache() -> None:
+        def cache() -> None:  # the teacher stage's own path (stages/teacher_logits.py)
             arrays, error = teacher_topk(model, ids, mask, index)
             for sequence in split_sequences(arrays, tokens, masks):
                 writer.add(sequence, error)

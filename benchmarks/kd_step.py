@@ -60,15 +60,20 @@ def measure(compile_decoder: bool, kd: bool) -> dict:
               "mfu": flops / seconds / peak if peak else None, "mfu_note": note,
               "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
               "params": sum(p.numel() for p in model.parameters()), "flops_per_step": flops}
-    del model, trainer, optimizer
-    gc.collect()
-    torch.cuda.empty_cache()
     print(result, flush=True)
     return result
 
 
+def measure_fresh(compile_decoder: bool, kd: bool) -> dict:
+    """One configuration; its model and optimizer are freed before the next one is built."""
+    result = measure(compile_decoder, kd)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
 def main() -> None:
-    runs = {(c, kd): measure(c, kd) for c in (False, True) for kd in (False, True)}
+    runs = {(c, kd): measure_fresh(c, kd) for c in (False, True) for kd in (False, True)}
     best = min((False, True), key=lambda c: runs[(c, True)]["step_s"])
     kd, ce = runs[(best, True)], runs[(best, False)]
     write_result(

@@ -230,3 +230,12 @@ def test_chunked_head_gives_the_reference_loss_and_gradients(divergence, tail, t
         results[head] = (float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert results["chunked"][0] == pytest.approx(results["reference"][0], rel=1e-6)
     torch.testing.assert_close(results["chunked"][1], results["reference"][1], rtol=1e-5, atol=1e-7)
+
+
+def test_two_stage_topk_equals_plain_topk():
+    from distill_kit.logits.teacher import topk_rows
+
+    x = torch.randn(5, 50000)
+    values, indices = topk_rows(x, 100, block=1024, two_stage=True)
+    ref_values, ref_indices = x.topk(100, dim=-1)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)

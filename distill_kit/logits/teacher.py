@@ -20,19 +20,54 @@ def pad_batch(token_lists: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask, lengths
 
 
+def _logsumexp(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.logsumexp(x.float() / temperature, dim=-1)
+
+
+_compiled_logsumexp = None
+
+
+def logsumexp_rows(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 logsumexp of bf16 rows; on GPUs compiled into one fused pass (no float32 copy of [P, V])."""
+    global _compiled_logsumexp
+    if x.device.type != "cuda":
+        return _logsumexp(x, temperature)
+    if _compiled_logsumexp is None:
+        _compiled_logsumexp = torch.compile(_logsumexp, dynamic=True)
+    return _compiled_logsumexp(x, temperature)
+
+
+def topk_rows(x: torch.Tensor, k: int, block: int = 4096, two_stage: bool | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of each row, sorted descending. For wide rows, two stages: the top-k of each block of the
+    vocabulary, then the top-k of those candidates (shorter selections run more in parallel on a GPU)."""
+    n, width = x.shape
+    if two_stage is None:
+        two_stage = x.device.type == "cuda" and width >= 8 * block
+    if not two_stage or k > block:
+        return x.topk(k, dim=-1)
+    blocks = -(-width // block)
+    padded = torch.nn.functional.pad(x, (0, blocks * block - width), value=float("-inf"))
+    values, local = padded.view(n, blocks, block).topk(k, dim=-1)
+    offsets = (torch.arange(blocks, device=x.device) * block)[None, :, None]
+    values, pick = values.reshape(n, -1).topk(k, dim=-1)
+    return values, (local + offsets).reshape(n, -1).gather(1, pick)
+
+
 @torch.no_grad()
 def teacher_topk(model: Any, ids: torch.Tensor, mask: torch.Tensor, index: CacheIndex
                  ) -> tuple[dict[str, np.ndarray], float]:
     """Encoded top-k rows for every real next-token prediction of the batch (sequences in order)."""
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
-    rows = mask[:, 1:].bool().to(device)
-    selected = logits[rows]  # [P, V]
-    # top-k of raw logits has the order of the log-probs; normalise with one logsumexp pass instead of
-    # materialising a float32 log_softmax of [P, V]
-    top_logits, indices = selected.topk(index.top_k, dim=-1)
-    lse = torch.logsumexp(selected.float() / index.temperature, dim=-1, keepdim=True)
-    return index.encode_rows(indices, top_logits.float() / index.temperature - lse)
+    flat = logits.reshape(-1, logits.shape[-1])
+    # top-k of the raw logits has the order of the log-probs; normalise with one logsumexp pass. Padding rows
+    # are computed and dropped afterwards: cheaper than copying the real rows out of [B*L, V] first.
+    top_logits, indices = topk_rows(flat, index.top_k)
+    lse = logsumexp_rows(flat, index.temperature)
+    rows = mask[:, 1:].reshape(-1).bool().to(device)
+    logprobs = top_logits[rows].float() / index.temperature - lse[rows, None]
+    return index.encode_rows(indices[rows], logprobs)
 
 
 def split_sequences(arrays: dict[str, np.ndarray], tokens: list[np.ndarray], loss_masks: list[np.ndarray]
