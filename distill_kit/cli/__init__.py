@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import typer
 
-from distill_kit.cli import assets_cmds, bundle_cmds, machine_cmds, manifest_cmds, run_cmds
+from distill_kit.cli import (
+    assets_cmds,
+    bundle_cmds,
+    leaderboard_cmds,
+    machine_cmds,
+    manifest_cmds,
+    report_cmds,
+    run_cmds,
+)
 from distill_kit.cli.errors import run_app
 
 app = typer.Typer(
@@ -24,6 +32,9 @@ run_cmds.register(app)
 bundle_cmds.register(app)
 machine_cmds.register(app)
 app.add_typer(assets_cmds.app, name="assets")
+report_cmds.register(app)
+app.add_typer(leaderboard_cmds.app, name="leaderboard")
+leaderboard_cmds.register_submit(app)
 
 
 def main() -> None:

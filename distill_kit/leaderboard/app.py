@@ -1,0 +1,266 @@
+"""The leaderboard's HTTP application: JSON API (documented at /openapi.json), admin API, and pages.
+
+Startup migrates the database to the newest schema and starts the verifier processes; shutdown stops them.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from distill_kit import __version__
+from distill_kit.errors import InvalidInput
+from distill_kit.leaderboard import pages
+from distill_kit.leaderboard.config import ADMIN_TOKEN_ENV, Settings
+from distill_kit.leaderboard.models import (
+    EntryDetail,
+    EntryList,
+    Health,
+    KeyIn,
+    KeyOut,
+    ParetoOut,
+    RevokeIn,
+    SubmissionOut,
+    TaskCount,
+)
+from distill_kit.leaderboard.store import EntryFilter, KeyConflict, Store, UnknownKey
+from distill_kit.leaderboard.submissions import Rejection, Submissions
+from distill_kit.leaderboard.verifier import VerifierPool
+
+SHA256 = r"^[0-9a-f]{64}$"
+Sha256Path = Annotated[str, PathParam(pattern=SHA256, description="the bundle's sha256 (hex)")]
+UPLOAD_BODY = {"requestBody": {"required": True, "description": "the bundle (.tar): the raw request body, or the "
+                               "file field 'bundle' of a multipart form", "content": {
+                                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                                   "multipart/form-data": {"schema": {"type": "object", "properties": {
+                                       "bundle": {"type": "string", "format": "binary"}}, "required": ["bundle"]}}}}}
+SUBMIT_RESPONSES = {
+    201: {"model": SubmissionOut, "description": "accepted: verified, signed by a registered key, stored"},
+    400: {"model": SubmissionOut, "description": "malformed upload: empty, bad multipart, not a tar"},
+    403: {"model": SubmissionOut, "description": "signing key unregistered or revoked"},
+    413: {"model": SubmissionOut, "description": "over the upload size limit"},
+    422: {"model": SubmissionOut, "description": "the bundle fails verification (failing checks listed)"},
+    429: {"model": SubmissionOut, "description": "too many submissions from this key (or IP when unsigned)"},
+}
+
+
+def _filters(pipeline: str | None = None, task: str | None = None, team: str | None = None,
+             student_params_b: Annotated[float | None, Query(gt=0)] = None,
+             min_params_b: Annotated[float | None, Query(ge=0)] = None,
+             max_params_b: Annotated[float | None, Query(ge=0)] = None,
+             tier: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+             offset: Annotated[int, Query(ge=0)] = 0) -> EntryFilter:
+    return EntryFilter(pipeline=pipeline or None, task=task or None, team=team or None,
+                       student_params_b=student_params_b, min_params_b=min_params_b, max_params_b=max_params_b,
+                       tier=tier or None, limit=limit, offset=offset)
+
+
+def _page_filters(pipeline: str | None = None, task: str | None = None, min_params_b: str | None = None,
+                  max_params_b: str | None = None) -> EntryFilter:
+    """The ranking page's form: empty fields mean 'any'; a number that does not parse is ignored."""
+    def number(text: str | None) -> float | None:
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return None
+
+    return EntryFilter(pipeline=pipeline or None, task=task or None, min_params_b=number(min_params_b),
+                       max_params_b=number(max_params_b))
+
+
+class Board:
+    """What the routes share: the settings, and (once started) the store, the verifier pool, the submissions."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._store: Store | None = None
+        self.pool: VerifierPool | None = None
+        self.submissions: Submissions | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the application has not started"
+        return self._store
+
+    def start(self) -> None:
+        settings = self.settings
+        settings.bundles_dir.mkdir(parents=True, exist_ok=True)
+        settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+        for stale in settings.incoming_dir.glob("upload-*.tar"):  # a crash mid-upload: never an entry
+            stale.unlink(missing_ok=True)
+        self._store = Store(settings.url)
+        self.pool = VerifierPool(settings.verify_workers, settings.verify_timeout_s)
+        self.pool.start()
+        self.submissions = Submissions(settings, self._store, self.pool)
+
+    def stop(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if self._store is not None:
+            self._store.close()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    board = Board(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(board.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(board.stop)
+
+    app = FastAPI(title="distill-kit leaderboard", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Signed distill-kit bundles, verified on arrival, ranked by quality "
+                  "and energy. Submit with `distill-kit submit BUNDLE --to URL`.")
+    app.state.board = board
+    _api(app, board)
+    _admin_api(app, board)
+    _pages(app, board)
+    return app
+
+
+def _api(app: FastAPI, board: Board) -> None:
+    def store() -> Store:
+        return board.store
+
+    # -- API -----------------------------------------------------------------------------------------------
+    @app.get("/api/health", response_model=Health, tags=["api"])
+    def health() -> Health:
+        in_flight = board.pool.in_flight if board.pool else 0
+        return Health(status="ok", version=__version__, entries=store().count(), verifications_in_flight=in_flight)
+
+    @app.post("/api/submissions", response_model=SubmissionOut, status_code=201, responses=SUBMIT_RESPONSES,
+              openapi_extra=UPLOAD_BODY, tags=["api"])
+    async def submit(request: Request) -> JSONResponse:
+        """Submit a bundle: verified in a worker against the registered keys; stored once, by its sha256."""
+        assert board.submissions is not None
+        try:
+            status, out = await board.submissions.handle(request)
+        except Rejection as rejection:
+            return JSONResponse(rejection.out.model_dump(mode="json"), rejection.status, headers=rejection.headers)
+        return JSONResponse(out.model_dump(mode="json"), status)
+
+    @app.get("/api/entries", response_model=EntryList, tags=["api"])
+    def list_entries(f: Annotated[EntryFilter, Depends(_filters)]) -> EntryList:
+        """Entries, filtered; ranked by the student's score on `task` (then energy) when given, else by energy."""
+        entries = store().entries(f)
+        return EntryList(count=len(entries), entries=entries)
+
+    @app.get("/api/entries/{sha256}", response_model=EntryDetail, tags=["api"])
+    def entry_detail(sha256: Sha256Path) -> EntryDetail:
+        """One entry: stage breakdown, evaluation energy, run summary, and the verify report from its arrival."""
+        detail = store().entry_detail(sha256)
+        if detail is None:
+            raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
+        return detail
+
+    @app.get("/api/entries/{sha256}/bundle", tags=["api"], response_class=FileResponse)
+    def entry_bundle(sha256: Sha256Path) -> FileResponse:
+        """The stored bundle, byte for byte (verify it yourself: `distill-kit verify`)."""
+        path = board.settings.bundles_dir / f"{sha256}.tar"
+        if store().entry(sha256) is None or not path.is_file():
+            raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
+        return FileResponse(path, media_type="application/x-tar", filename=f"{sha256}.tar")
+
+    @app.get("/api/tasks", response_model=list[TaskCount], tags=["api"])
+    def tasks() -> list[TaskCount]:
+        return [TaskCount(task=t, entries=n) for t, n in store().tasks()]
+
+    @app.get("/api/pareto/{task}", response_model=ParetoOut, tags=["api"])
+    def pareto(task: str) -> ParetoOut:
+        """Student quality on `task` vs total energy (teacher included) of every entry; the frontier marked."""
+        return store().pareto(task)
+
+
+
+def _admin_api(app: FastAPI, board: Board) -> None:
+    settings = board.settings
+
+    def store() -> Store:
+        return board.store
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not settings.admin_token:
+            raise HTTPException(503, f"the admin API is disabled: start the server with {ADMIN_TOKEN_ENV} set")
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
+            raise HTTPException(401, "admin token missing or wrong (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/api/admin/keys", response_model=list[KeyOut], tags=["admin"], dependencies=[Depends(admin)])
+    def keys() -> list[KeyOut]:
+        return store().keys()
+
+    @app.post("/api/admin/keys", response_model=KeyOut, status_code=201, tags=["admin"],
+              dependencies=[Depends(admin)])
+    def add_key(body: KeyIn) -> JSONResponse:
+        """Register a team's Ed25519 public key (the team is created if new)."""
+        try:
+            key, created = store().add_key(body.team, body.public_key_pem)
+        except KeyConflict as err:
+            raise HTTPException(409, str(err)) from err
+        except InvalidInput as err:
+            raise HTTPException(400, str(err)) from err
+        return JSONResponse(key.model_dump(mode="json"), 201 if created else 200)
+
+    @app.post("/api/admin/keys/{key_id}/revoke", response_model=KeyOut, tags=["admin"],
+              dependencies=[Depends(admin)])
+    def revoke_key(key_id: str, body: RevokeIn) -> KeyOut:
+        """Revoke a key: its bundles are refused from now on (entries already accepted stay)."""
+        try:
+            return store().revoke_key(key_id, body.reason)
+        except UnknownKey as err:
+            raise HTTPException(404, str(err)) from err
+
+
+def _pages(app: FastAPI, board: Board) -> None:
+    from distill_kit.report import plots
+    from distill_kit.report.analysis import Point
+
+    def store() -> Store:
+        return board.store
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def ranking(f: Annotated[EntryFilter, Depends(_page_filters)]) -> HTMLResponse:
+        task_names = [t for t, _ in store().tasks()]
+        entries = store().entries(f)
+        frontier = set(store().pareto(f.task).frontier) if f.task else set()
+        pipelines = sorted({"kd", "sft", "baseline_sft", "eval_only"} | {e.pipeline for e in entries})
+        return HTMLResponse(pages.ranking_page(entries, f, task_names, pipelines, frontier))
+
+    @app.get("/pareto", response_class=HTMLResponse, include_in_schema=False)
+    def pareto_page() -> HTMLResponse:
+        return HTMLResponse(pages.pareto_page([store().pareto(t) for t, _ in store().tasks()]))
+
+    @app.get("/pareto/{task}.png", include_in_schema=False)
+    def pareto_png(task: str) -> Response:
+        data = store().pareto(task)
+        points = [Point(p.bundle_sha256, p.total_energy_j, p.quality) for p in data.points]
+        frontier = [p for p in points if p.key in set(data.frontier)]
+        frontier.sort(key=lambda p: p.energy_j)
+        labels = {p.bundle_sha256: f"{p.name} ({p.team})" for p in data.points}
+        return Response(plots.pareto_png(points, frontier, labels, task), media_type="image/png",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/entries/{sha256}", response_class=HTMLResponse, include_in_schema=False)
+    def entry_page(sha256: Sha256Path) -> HTMLResponse:
+        detail = store().entry_detail(sha256)
+        if detail is None:
+            raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
+        return HTMLResponse(pages.entry_page(detail))
+
+    @app.get("/entries/{sha256}/stages.png", include_in_schema=False)
+    def entry_stages_png(sha256: Sha256Path) -> Response:
+        detail = store().entry_detail(sha256)
+        if detail is None:
+            raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
+        return Response(plots.stage_breakdown_png(detail.stages, detail.name), media_type="image/png")

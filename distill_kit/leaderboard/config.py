@@ -1,0 +1,59 @@
+"""Leaderboard settings: where the database and the bundles live, and the limits a submission must respect."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill_kit.errors import InvalidInput
+
+ADMIN_TOKEN_ENV = "DISTILL_KIT_LEADERBOARD_TOKEN"
+DEFAULT_DATA_DIR = Path("leaderboard-data")
+
+
+def database_url(url: str | None, data_dir: Path) -> str:
+    """The SQLAlchemy URL: a SQLite file in ``data_dir`` by default; ``postgresql://`` goes through psycopg 3."""
+    if not url:
+        return f"sqlite:///{(Path(data_dir) / 'leaderboard.db').resolve()}"
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith(("postgresql+psycopg://", "sqlite://")):
+        return url
+    raise InvalidInput(f"--db {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
+
+
+@dataclass
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    db_url: str | None = None
+    max_upload_bytes: int = 512 << 20
+    rate_per_minute: float = 30.0  # submissions per signing key (or client IP when unsigned)
+    rate_burst: int = 10
+    verify_timeout_s: float = 120.0
+    verify_workers: int = 2
+    admin_token: str | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if self.admin_token is None:
+            self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        problems = [f"{name} must be positive (got {value})" for name, value in
+                    (("max upload bytes", self.max_upload_bytes), ("rate per minute", self.rate_per_minute),
+                     ("rate burst", self.rate_burst), ("verify timeout", self.verify_timeout_s),
+                     ("verify workers", self.verify_workers)) if value <= 0]
+        if problems:
+            raise InvalidInput("; ".join(problems))
+
+    @property
+    def url(self) -> str:
+        return database_url(self.db_url, self.data_dir)
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"

@@ -1,0 +1,206 @@
+"""Bundle verification off the request thread: a small pool of worker processes, each job with a time limit.
+
+A worker runs ``verify_bundle`` against a keyring snapshot of the registered keys (revoked ones flagged, so the
+``trusted-key`` check names the revocation), and for a bundle that passes reads the figures the leaderboard
+stores. A job that overruns its time limit has its worker process killed and replaced: a hostile bundle cannot
+hold a worker, and the server keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import tempfile
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_kit.report.analysis import run_tier, teacher_energy_j
+
+DOMAINS = ("gpu", "cpu", "ram")
+FIGURE_KEYS = ("energy_j", "method", "uncertainty_j", "partial", "reason", "avg_power_w", "peak_power_w")
+
+
+class VerificationTimeout(Exception):
+    """The verification of one bundle took longer than the limit."""
+
+
+class WorkerCrashed(Exception):
+    """The worker process died while verifying (out of memory, killed)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    bundle: str
+    keyring: list[dict[str, Any]]
+
+
+def _stage_breakdown(stage: dict[str, Any]) -> dict[str, Any]:
+    """The part of a stage summary the entry page shows (attempt windows and raw edges left out)."""
+    outputs = stage.get("outputs") or {}
+    tasks = [{k: t.get(k) for k in ("model", "task", "metric", "score", "n", "tokens", "energy_j", "j_per_sample")}
+             for t in outputs.get("tasks") or [] if isinstance(t, dict)]
+    return {
+        "stage": stage.get("stage"), "kind": stage.get("kind"), "status": stage.get("status"),
+        "attempts": len(stage.get("attempts") or []), "wall_time_s": stage.get("wall_time_s"),
+        "tokens": stage.get("tokens"), "token_kind": stage.get("token_kind"),
+        "tokens_per_s": stage.get("tokens_per_s"), "energy_total_j": stage.get("energy_total_j"),
+        "energy_above_idle_j": stage.get("energy_above_idle_j"), "j_per_token": stage.get("j_per_token"),
+        "energy": {d: {k: (stage.get("energy") or {}).get(d, {}).get(k) for k in FIGURE_KEYS} for d in DOMAINS},
+        "eval_tasks": tasks,
+    }
+
+
+def extract(path: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``store.NewEntry`` (but the key) from a bundle that verified."""
+    from distill_kit.report.source import load_run
+
+    run = load_run(path, traces=False)
+    summary = run.summary
+    totals = summary.get("totals") or {}
+    tier = run_tier(summary, run.fingerprint)
+    scores = {m: {t: float(s) for t, s in tasks.items() if isinstance(s, int | float)}
+              for m, tasks in run.quality.items() if isinstance(tasks, dict)}
+    return {
+        "bundle_sha256": report["bundle"]["sha256"], "size_bytes": report["bundle"]["size_bytes"],
+        "name": run.name, "pipeline": run.pipeline, "manifest_sha256": summary.get("manifest_sha256"),
+        "kit_version": summary.get("kit_version"), "student_params_b": run.student_params_b,
+        "total_energy_j": totals.get("energy_j"), "energy_above_idle_j": totals.get("energy_above_idle_j"),
+        "teacher_energy_j": teacher_energy_j(run.stages), "wall_time_s": totals.get("wall_time_s"),
+        "j_per_trained_token": summary.get("j_per_trained_token"), "energy_tier": tier.energy,
+        "containerised": tier.containerised, "methods": list(tier.methods), "summary": summary,
+        "stages": [_stage_breakdown(s) for s in run.stages], "verify_report": report, "scores": scores,
+    }
+
+
+def verify_job(job: Job) -> dict[str, Any]:
+    """Verify one bundle (in a worker process): the report, and the entry's fields when it passed."""
+    from distill_kit.bundle.keys import write_keyring
+    from distill_kit.bundle.verify import verify_bundle
+
+    with tempfile.TemporaryDirectory(prefix="distill-kit-verify-") as tmp:
+        keyring = Path(tmp) / "keyring.json"
+        write_keyring(keyring, job.keyring)
+        report = verify_bundle(Path(job.bundle), keyring=keyring)
+    result: dict[str, Any] = {"report": report.to_dict(), "ok": report.ok, "signer_key_id": report.signer_key_id}
+    if report.ok:
+        result["entry"] = extract(Path(job.bundle), result["report"])
+    return result
+
+
+def _worker(connection: Any) -> None:
+    """A worker process's loop: a Job in, a result (or the exception's text) out; None ends it."""
+    while True:
+        try:
+            job = connection.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if job is None:
+            return
+        try:
+            connection.send(("ok", verify_job(job)))
+        except Exception as err:  # noqa: BLE001 - reported to the server as a rejection, never a crash
+            connection.send(("error", f"{type(err).__name__}: {err}"))
+
+
+class _Slot:
+    """One worker process and the thread that feeds it jobs."""
+
+    def __init__(self, pool: VerifierPool, index: int):
+        self.pool, self.index = pool, index
+        self.process: Any = None
+        self.connection: Any = None
+        self.thread = threading.Thread(target=self._loop, name=f"verifier-{index}", daemon=True)
+
+    def start_process(self) -> None:
+        parent, child = self.pool.context.Pipe()
+        self.process = self.pool.context.Process(target=_worker, args=(child,), daemon=True,
+                                                 name=f"distill-kit-verifier-{self.index}")
+        self.process.start()
+        child.close()
+        self.connection = parent
+
+    def stop_process(self, kill: bool) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.connection.send(None)
+            except OSError:
+                pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self.connection.close()
+        self.process = self.connection = None
+
+    def _run(self, job: Job) -> dict[str, Any]:
+        if self.process is None or not self.process.is_alive():
+            self.start_process()
+        try:
+            self.connection.send(job)
+            if not self.connection.poll(self.pool.timeout_s):
+                self.stop_process(kill=True)
+                raise VerificationTimeout(f"verification took longer than {self.pool.timeout_s:g} s")
+            status, value = self.connection.recv()
+        except (EOFError, OSError) as err:
+            self.stop_process(kill=True)
+            raise WorkerCrashed(f"the verifier process died ({err or type(err).__name__})") from err
+        if status != "ok":
+            raise WorkerCrashed(f"verification failed inside the verifier: {value}")
+        return value
+
+    def _loop(self) -> None:
+        while True:
+            item = self.pool.jobs.get()
+            if item is None:
+                self.stop_process(kill=False)
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run(job))
+            except Exception as err:  # noqa: BLE001 - handed to the waiting request
+                future.set_exception(err)
+
+
+class VerifierPool:
+    """``submit(job) -> Future``; ``workers`` processes, each job killed after ``timeout_s``."""
+
+    def __init__(self, workers: int, timeout_s: float):
+        self.context = multiprocessing.get_context("spawn")
+        self.timeout_s = timeout_s
+        self.jobs: queue.Queue[tuple[Job, Future[dict[str, Any]]] | None] = queue.Queue()
+        self.slots = [_Slot(self, i) for i in range(workers)]
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    def start(self) -> None:
+        for slot in self.slots:
+            slot.start_process()
+            slot.thread.start()
+
+    def submit(self, job: Job) -> Future[dict[str, Any]]:
+        future: Future[dict[str, Any]] = Future()
+        with self._lock:
+            self.in_flight += 1
+        future.add_done_callback(self._done)
+        self.jobs.put((job, future))
+        return future
+
+    def _done(self, _future: Future[dict[str, Any]]) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def close(self) -> None:
+        for _ in self.slots:
+            self.jobs.put(None)
+        for slot in self.slots:
+            if slot.thread.is_alive():
+                slot.thread.join(timeout=10)

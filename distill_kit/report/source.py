@@ -1,0 +1,186 @@
+"""The documents of one run, read from a run directory or, in memory, from a bundle.
+
+A bundle is read with the verifier's own bounded streaming tar parser (``scan_archive``): nothing is extracted,
+links are never followed, and only the small documents and traces are held in memory. Reading is not verifying:
+``load_run(..., verify=True)`` also runs ``verify_bundle`` on a bundle and keeps its report.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill_kit.energy.trace import Trace, parse_trace
+from distill_kit.errors import InvalidBundle, InvalidInput, InvalidRunDir
+
+RUN_PREFIX = "run/"
+MAX_DOCUMENT_BYTES = 64 << 20
+MAX_TRACE_BYTES = 256 << 20  # uncompressed
+
+
+@dataclass
+class RunData:
+    """What a report needs of one run. ``stages`` are the stage summaries in pipeline order."""
+
+    source: Path
+    kind: str  # "run_dir" | "bundle"
+    summary: dict[str, Any]
+    resolved: dict[str, Any]
+    fingerprint: dict[str, Any]
+    stages: list[dict[str, Any]]
+    traces: dict[str, Trace | None] = field(default_factory=dict)
+    trace_problems: dict[str, str] = field(default_factory=dict)
+    bundle_sha256: str | None = None
+    verify: dict[str, Any] | None = None  # VerifyReport.to_dict() when verified
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("name") or self.resolved.get("name") or self.source.name)
+
+    @property
+    def pipeline(self) -> str:
+        return str(self.summary.get("pipeline") or self.resolved.get("pipeline") or "?")
+
+    @property
+    def student_params_b(self) -> float | None:
+        student = (self.resolved.get("models") or {}).get("student") or {}
+        value = student.get("params_b")
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def total_energy_j(self) -> float | None:
+        return (self.summary.get("totals") or {}).get("energy_j")
+
+    @property
+    def quality(self) -> dict[str, dict[str, float]]:
+        return self.summary.get("quality") or {}
+
+    def student_quality(self, task: str) -> float | None:
+        value = self.quality.get("student", {}).get(task)
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def containerised(self) -> bool:
+        return bool((self.fingerprint.get("container") or {}).get("inside"))
+
+
+def _json(data: bytes, where: str, error: type[InvalidInput]) -> Any:
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{where} is not readable JSON: {err}") from err
+    if not isinstance(document, dict):
+        raise error(f"{where} is not a JSON object")
+    return document
+
+
+def parse_trace_bytes(data: bytes, gzipped: bool = True, max_bytes: int = MAX_TRACE_BYTES) -> Trace:
+    """A trace from its (gzip) bytes, bounded; a truncated gzip stream yields the rows before the break."""
+    if not gzipped:
+        return parse_trace(data[:max_bytes].decode("utf-8", errors="replace"))
+    chunks, total = [], 0
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+        try:
+            while chunk := handle.read(1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ValueError(f"trace larger than {max_bytes} bytes uncompressed")
+                chunks.append(chunk)
+        except EOFError:
+            pass
+    return parse_trace(b"".join(chunks).decode("utf-8", errors="replace"))
+
+
+class _Files:
+    """Reads run files by their path relative to the run directory, from a directory or a bundle scan."""
+
+    def __init__(self, source: Path, members: dict[str, bytes] | None, error: type[InvalidInput]):
+        self.source, self.members, self.error = source, members, error
+
+    def read(self, rel: str) -> bytes | None:
+        if self.members is not None:
+            return self.members.get(RUN_PREFIX + rel)
+        path = self.source / rel
+        if not path.is_file() or path.is_symlink():
+            return None
+        if path.stat().st_size > MAX_DOCUMENT_BYTES and not rel.endswith(".gz"):
+            raise self.error(f"{path} is larger than {MAX_DOCUMENT_BYTES} bytes")
+        return path.read_bytes()
+
+    def json(self, rel: str) -> dict[str, Any]:
+        data = self.read(rel)
+        if data is None:
+            raise self.error(f"{self.source}: no {rel} (is this a finished run?)")
+        return _json(data, f"{self.source}: {rel}", self.error)
+
+
+def _keep(name: str) -> bool:
+    if not name.startswith(RUN_PREFIX):
+        return False
+    parts = name[len(RUN_PREFIX):].split("/")
+    if len(parts) == 1:
+        return parts[0] in ("summary.json", "manifest.resolved.json", "fingerprint.json")
+    return len(parts) == 3 and parts[0] == "stages" and parts[2] in ("summary.json", "trace.csv.gz")
+
+
+def _bundle_members(path: Path) -> tuple[dict[str, bytes], str | None]:
+    from distill_kit.bundle.archive import Limits, scan_archive
+
+    limits = Limits(max_document_bytes=MAX_DOCUMENT_BYTES)
+    scan = scan_archive(path, limits, _keep)
+    if scan.fatal is not None:
+        raise InvalidBundle(f"{path}: not a readable bundle ({scan.fatal})")
+    members = {name: m.data for name, m in scan.members.items() if m.data is not None}
+    return members, scan.sha256
+
+
+def load_run(path: Path, traces: bool = True, verify: bool = False) -> RunData:
+    """The run at ``path``: a run directory, or a bundle file read in memory (``InvalidInput`` otherwise)."""
+    path = Path(path)
+    if path.is_dir():
+        files, kind, sha = _Files(path, None, InvalidRunDir), "run_dir", None
+    elif path.is_file():
+        members, sha = _bundle_members(path)
+        files, kind = _Files(path, members, InvalidBundle), "bundle"
+    else:
+        raise InvalidInput(f"{path}: no such run directory or bundle")
+    summary = files.json("summary.json")
+    stage_names = [s.get("stage") for s in summary.get("stages") or [] if isinstance(s, dict)]
+    if not stage_names or not all(isinstance(s, str) and s and "/" not in s for s in stage_names):
+        raise files.error(f"{path}: summary.json lists no usable stages")
+    run = RunData(source=path, kind=kind, summary=summary, resolved=files.json("manifest.resolved.json"),
+                  fingerprint=files.json("fingerprint.json"),
+                  stages=[files.json(f"stages/{s}/summary.json") for s in stage_names], bundle_sha256=sha)
+    if traces:
+        for stage in stage_names:
+            data = files.read(f"stages/{stage}/trace.csv.gz")
+            if data is None:
+                run.traces[stage] = None
+                run.trace_problems[stage] = "no trace.csv.gz"
+                continue
+            try:
+                run.traces[stage] = parse_trace_bytes(data)
+            except (OSError, ValueError, EOFError) as err:
+                run.traces[stage] = None
+                run.trace_problems[stage] = f"unreadable trace: {err}"
+    if verify and kind == "bundle":
+        from distill_kit.bundle.verify import verify_bundle
+
+        run.verify = verify_bundle(path).to_dict()
+    return run
+
+
+def label_runs(runs: list[RunData]) -> None:
+    """Give every run a short label, unique within the set (the run name, then the file name when needed)."""
+    names = [r.name for r in runs]
+    for run in runs:
+        run.label = run.name if names.count(run.name) == 1 else f"{run.name} ({run.source.name})"
+    labels = [r.label for r in runs]
+    for i, run in enumerate(runs):
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} #{i + 1}"

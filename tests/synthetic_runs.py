@@ -1,0 +1,61 @@
+"""Distinct, consistent synthetic runs for the report and leaderboard tests, cheaply.
+
+``make_run`` (tests/test_bundle.py) builds one finished KD run whose figures the kit's own accounting computed.
+``variant`` copies it under another name, seed, student size and score (optionally as a ``baseline_sft`` run,
+without its teacher stage) and re-derives everything that depends on them (manifest hash, journal, summaries), so
+every variant still passes ``verify`` and packs to a different bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from test_bundle import make_run  # noqa: F401 - re-exported: the consistent synthetic run
+
+from distill_kit.manifest.resolve import manifest_sha256
+from distill_kit.runner.summaries import run_summary
+
+TASK = "tiny_task"
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write(path: Path, document: Any) -> None:
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def variant(base: Path, out: Path, name: str, seed: int, score: float, params_b: float | None = None,
+            baseline: bool = False) -> Path:
+    """A copy of the run ``base`` at ``out`` with another identity and student score (see the module doc)."""
+    shutil.copytree(base, out, ignore=shutil.ignore_patterns(".*.tmp"))
+    resolved = _read(out / "manifest.resolved.json")
+    resolved.update(name=name, seed=seed)
+    if params_b is not None:
+        resolved["models"]["student"]["params_b"] = params_b
+    if baseline:
+        resolved["pipeline"] = "baseline_sft"
+        shutil.rmtree(out / "stages" / "teacher")
+    digest = manifest_sha256(resolved)
+    _write(out / "manifest.resolved.json", resolved)
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    journal = [e for e in journal if not (baseline and e.get("stage") == "teacher")]
+    for entry in journal:
+        if "manifest_sha256" in entry:
+            entry["manifest_sha256"] = digest
+    (out / "journal.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in journal))
+    summary = _read(out / "summary.json")
+    names = [s["stage"] for s in summary["stages"] if not (baseline and s["stage"] == "teacher")]
+    stages = [_read(out / "stages" / n / "summary.json") for n in names]
+    for stage in stages:
+        scores = stage["outputs"].get("scores")
+        if scores and "student" in scores:
+            scores["student"][TASK] = score
+            _write(out / "stages" / stage["stage"] / "summary.json", stage)
+    _write(out / "summary.json", run_summary(resolved, digest, stages, summary["status"], summary["started_at"],
+                                             summary["ended_at"]))
+    return out
