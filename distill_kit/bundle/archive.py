@@ -139,15 +139,16 @@ class Scan:
 class _Reader:
     """Reads the file front to back, hashing every byte; ``read`` returns fewer bytes only at the end."""
 
-    def __init__(self, handle: IO[bytes], progress: Callable[[int], None] | None):
+    def __init__(self, handle: IO[bytes], size_bytes: int, progress: Callable[[int], None] | None):
         self.handle = handle
+        self.size_bytes = size_bytes  # what the file held when opened: a file that grows meanwhile is cut there
         self.digest = hashlib.sha256()
         self.offset = 0
         self.progress = progress
 
     def read(self, size: int) -> bytes:
         parts = []
-        left = size
+        left = min(size, self.size_bytes - self.offset)
         while left > 0:
             data = self.handle.read(min(left, CHUNK))
             if not data:
@@ -390,12 +391,15 @@ def scan_archive(path: Path, limits: Limits, keep: Callable[[str], bool],
         if path.is_dir():
             scan.fatal = f"{path} is a directory, not a bundle file"
             return scan
+        if not path.is_file():
+            scan.fatal = f"{path} is not a regular file (a device, FIFO or socket is not a bundle)"
+            return scan
         scan.size_bytes = path.stat().st_size
         if scan.size_bytes > limits.max_total_bytes + (1 << 20):
             scan.fatal = f"the file is {scan.size_bytes} bytes, over the limit of {limits.max_total_bytes}"
             return scan
         with open(path, "rb") as handle:
-            reader = _Reader(handle, progress)
+            reader = _Reader(handle, scan.size_bytes, progress)
             try:
                 _Scanner(reader, limits, keep, scan).run()
             except ArchiveError as err:

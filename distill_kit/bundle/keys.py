@@ -87,22 +87,37 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to a file that must not exist yet; it has ``mode`` from the moment it is created.
 
     The bytes go to a temporary sibling created with O_EXCL and ``mode`` (never world-readable, even briefly),
-    fsync'd, then hard-linked to ``path`` (which fails, atomically, if ``path`` appeared meanwhile).
+    fsync'd, then hard-linked to ``path`` (which fails, atomically, if ``path`` appeared meanwhile). Where the
+    file system has no hard links, ``path`` itself is created with O_EXCL and written.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exact
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_exclusive(tmp, data, mode)
     try:
         os.link(tmp, path)
     except FileExistsError as err:
         raise KeyFileError(f"{path} already exists: keygen never overwrites a key (choose another --out)") from err
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        _write_exclusive(path, data, mode)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as err:
+        raise KeyFileError(f"{path} already exists: keygen never overwrites a key (choose another --out)") from err
+    except OSError as err:
+        raise KeyFileError(f"cannot create {path}: {err.strerror or err}") from err
+    try:
+        os.fchmod(fd, mode)  # the umask may only have narrowed it; make it exact
+        os.write(fd, data)
+        os.fsync(fd)
+    except OSError as err:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise KeyFileError(f"cannot write {path}: {err.strerror or err}") from err
+    os.close(fd)
 
 
 def generate_keypair(prefix: Path, passphrase: bytes | None = None) -> KeyPair:
@@ -115,7 +130,10 @@ def generate_keypair(prefix: Path, passphrase: bytes | None = None) -> KeyPair:
             raise KeyFileError(f"{path} already exists: keygen never overwrites a key (choose another --out)")
     if passphrase is not None and not passphrase:
         raise KeyFileError("the passphrase is empty: give a non-empty one, or none for an unencrypted key")
-    private_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        private_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise KeyFileError(f"cannot create the folder {private_path.parent}: {err.strerror or err}") from err
     key = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())

@@ -51,13 +51,21 @@ def _figures(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def recompute_window(trace: Any, record: dict[str, Any], attempt: int | None, interval_s: float,
-                     partial: bool = False) -> dict[str, Any]:
-    """What the meter records for a window, from the same inputs and the same code (meter._record)."""
+                     partial: bool = False, nested: bool = False) -> dict[str, Any]:
+    """What the meter records for a window, from the same inputs and the same code (meter._record).
+
+    A nested window is recorded while the sampler still runs, so the meter may not yet have seen the samples
+    taken in the last sampling interval before the window closed: for those windows the recomputation uses the
+    first ``samples`` rows the meter saw, provided every row left out lies in that last interval or after it.
+    """
     from distill_kit.energy.accounting import window_figures
-    from distill_kit.energy.trace import coverage
+    from distill_kit.energy.trace import Trace, coverage
 
     t_start, t_end = record["t_start"], record["t_end"]
     window = trace.window(t_start - interval_s, t_end + interval_s, attempt)
+    seen = record["samples"]
+    if nested and seen < len(window.rows) and all(float(r["t"]) >= t_end - interval_s for r in window.rows[seen:]):
+        window = Trace(window.columns, window.rows[:seen])
     figures = window_figures(window, t_start, t_end, record["edges"], record["codecarbon"], interval_s, {})
     if partial:
         for figure in figures.values():
@@ -99,7 +107,7 @@ class Accounting:
             if owner is None:
                 problems.append(f"{label}: lies outside every attempt of the stage")
                 continue
-            problems += _compare_window(label, record, recompute_window(trace, record, owner, interval))
+            problems += _compare_window(label, record, recompute_window(trace, record, owner, interval, nested=True))
         return problems
 
     def _idle(self, ctx: VerifyContext, stages: dict[str, dict[str, Any]]) -> tuple[list[str], Any]:
