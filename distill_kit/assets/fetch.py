@@ -1,6 +1,10 @@
 """Download a manifest's hub assets at their pinned revisions into the kit's cache, with sizes and hashes.
 
-This is the only code in the kit that touches the network, and it runs outside every measured stage.
+This is the only code in the kit that touches the network, and it runs outside every measured stage. Besides the
+manifest's models and datasets it fetches what the eval stage needs: each benchmark's data at the revision the kit
+pins (``distill_kit.evaluation.data``, or the manifest's ``eval.datasets``), the judge model of an ``hf`` judge, and
+nltk's ``punkt_tab`` when IFEval is evaluated (the data dir nltk reads, ``<cache>/nltk_data``). Nothing is fetched
+for ``eval.data: fixtures``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ class FetchFailed(DistillKitError):
 def _hub_refs(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     refs = [("model", r) for r in document.get("models", {}).values()]
     refs += [("dataset", r) for r in document.get("data", {}).values()]
+    judge = (document.get("eval") or {}).get("judge") or {}
+    refs += [("model", judge[k]) for k in ("model", "tokenizer") if judge.get("type") == "hf" and judge.get(k)]
+    refs += _eval_refs(document)
     seen, unique = set(), []
     for kind, ref in refs:
         key = (kind, ref["id"], ref.get("revision"))
@@ -30,9 +37,69 @@ def _hub_refs(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return unique
 
 
-def fetch_assets(document: dict[str, Any], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def _eval_refs(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The benchmark data of the manifest's eval tasks, as dataset references (with the files the kit needs)."""
+    settings = document.get("eval") or {}
+    if settings.get("data", "hub") != "hub":
+        return []
+    from distill_kit.evaluation.data import EVAL_DATASETS, dataset_for
+
+    refs = []
+    for task in settings.get("tasks", []):
+        if task not in EVAL_DATASETS:
+            continue
+        dataset = dataset_for(task, settings.get("datasets"))
+        if dataset.source == "local":
+            continue
+        if dataset.source != "hf" or dataset.revision is None:
+            raise FetchFailed(f"eval data for '{task}' ({dataset.repo_id}) has no pinned hub revision in this kit; "
+                              f"give one with eval.datasets.{task} = {{source: hf|local, id: ..., revision: ...}}")
+        refs.append(("dataset", {"source": "hf", "id": dataset.repo_id, "revision": dataset.revision,
+                                 "allow_patterns": list(dataset.allow_patterns)}))
+    return refs
+
+
+def _download(kind: str, ref: dict[str, Any], target: Path) -> None:
     from huggingface_hub import snapshot_download
 
+    try:
+        snapshot_download(repo_id=ref["id"], revision=ref["revision"], repo_type=kind, local_dir=target,
+                          allow_patterns=ref.get("allow_patterns"))
+    except Exception as err:  # noqa: BLE001 - any hub/network failure is reported the same way
+        raise FetchFailed(f"could not download {ref['id']}@{ref['revision'][:12]}: "
+                          f"{type(err).__name__}: {err}") from err
+
+
+def _record(kind: str, ident: str, revision: str, target: Path) -> dict[str, Any]:
+    files = sorted(p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts
+                   and p.name not in (".complete", "ASSET.json"))
+    record = {"kind": kind, "id": ident, "revision": revision, "path": str(target), "files": len(files),
+              "bytes": sum(p.stat().st_size for p in files),
+              "sha256": {str(p.relative_to(target)): sha256_file(p) for p in files}}
+    atomic_write_json(target / "ASSET.json", record)
+    Path(target / ".complete").write_text("ok\n")
+    return record
+
+
+def _fetch_nltk(log: Callable[[str], None]) -> dict[str, Any]:
+    """IFEval's sentence splitter data, where the eval stage points nltk (``NLTK_DATA``)."""
+    from distill_kit.evaluation.data import NLTK_RESOURCE, nltk_cache_dir
+
+    target = nltk_cache_dir()
+    if not (target / ".complete").exists():
+        log(f"nltk {NLTK_RESOURCE}: downloading into {target} …")
+        import nltk
+
+        if not nltk.download(NLTK_RESOURCE, download_dir=str(target), quiet=True, raise_on_error=True):
+            raise FetchFailed(f"nltk could not download '{NLTK_RESOURCE}'")
+    else:
+        log(f"nltk {NLTK_RESOURCE}: already in the cache")
+    import nltk
+
+    return _record("nltk_data", NLTK_RESOURCE, f"nltk {nltk.__version__}", target)
+
+
+def fetch_assets(document: dict[str, Any], log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     records = []
     for kind, ref in _hub_refs(document):
         target = hf_cache_dir(ref["id"], ref["revision"])
@@ -40,17 +107,9 @@ def fetch_assets(document: dict[str, Any], log: Callable[[str], None] = print) -
             log(f"{ref['id']}: already in the cache")
         else:
             log(f"{ref['id']}: downloading revision {ref['revision'][:12]} …")
-            try:
-                snapshot_download(repo_id=ref["id"], revision=ref["revision"], repo_type=kind, local_dir=target)
-            except Exception as err:  # noqa: BLE001 - any hub/network failure is reported the same way
-                raise FetchFailed(f"could not download {ref['id']}@{ref['revision'][:12]}: "
-                                  f"{type(err).__name__}: {err}") from err
-        files = sorted(p for p in target.rglob("*") if p.is_file() and ".cache" not in p.parts
-                       and p.name not in (".complete", "ASSET.json"))
-        record = {"kind": kind, "id": ref["id"], "revision": ref["revision"], "path": str(target),
-                  "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-                  "sha256": {str(p.relative_to(target)): sha256_file(p) for p in files}}
-        atomic_write_json(target / "ASSET.json", record)
-        Path(target / ".complete").write_text("ok\n")
-        records.append(record)
+            _download(kind, ref, target)
+        records.append(_record(kind, ref["id"], ref["revision"], target))
+    settings = document.get("eval") or {}
+    if "ifeval" in settings.get("tasks", []) and settings.get("data", "hub") == "hub":
+        records.append(_fetch_nltk(log))
     return records

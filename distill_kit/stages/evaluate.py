@@ -1,18 +1,26 @@
-"""Eval stage: score each model the manifest lists on each task, one energy window per (model, task).
+"""Eval stage: score each model the manifest lists on each task, one energy window per (model, task) and one per
+judge phase (nested in its task's window).
 
 Models: ``teacher`` and ``student_initial`` (the manifest's assets) and ``student`` (``stages/student/final``).
-Per-sample outputs go to ``samples/<model>.<task>.jsonl`` so a verifier can recompute the scores.
+Outputs: ``samples/<model>.<task>.jsonl`` (per-sample records a verifier recomputes the score from);
+``lm_eval/<model>/<task>/`` (lm-eval's own results JSON and samples); ``lm_eval_tasks/`` (the task folder the run
+used, with the hashes of its sources); and in the summary ``outputs.tasks[*]``: model, task, metric, score, n,
+tokens, full, samples, energy_j, j_per_sample, judge.
+
+Setup fails fast, before any model runs: a missing dataset or nltk resource names ``assets fetch``; a judged task
+without a judge, or a judge endpoint that does not answer, says so.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from distill_kit._io import atomic_write_text
 from distill_kit.assets.resolve import asset_path, tokenizer_path
-from distill_kit.evaluation.registry import EvalSettings, run_task
+from distill_kit.evaluation.registry import JUDGED_TASKS, LM_EVAL_TASKS, EvalError, EvalSettings, run_task
 from distill_kit.stages.base import StageContext, StageResult
 
 DEFAULT_TASKS = ["tiny_task"]
@@ -28,12 +36,45 @@ class EvalStage:
         self.models = settings.get("models", ["student"])
         self.tasks = settings.get("tasks", DEFAULT_TASKS)
         eval_ref = doc["data"].get("eval")
-        self.settings = EvalSettings(device=ctx.device, limit=settings.get("limit"),
-                                     batch_size=settings.get("batch_size", 32),
-                                     max_new_tokens=settings.get("max_new_tokens"),
-                                     data_dir=asset_path(eval_ref, doc["name"]) if eval_ref else None)
+        self.settings = EvalSettings(
+            device=ctx.device, limit=settings.get("limit"), batch_size=settings.get("batch_size", 32),
+            max_new_tokens=settings.get("max_new_tokens"),
+            data_dir=asset_path(eval_ref, doc["name"]) if eval_ref else None,
+            data_mode=settings.get("data", "hub"), dataset_overrides=settings.get("datasets", {}),
+            manifest_name=doc["name"], out_dir=ctx.stage_dir, dtype=settings.get("dtype", "auto"),
+            max_length=settings.get("max_length"), olmes_tasks=settings.get("olmes_tasks", []),
+            mt_bench_101_prompts=settings.get("mt_bench_101_prompts"), measure=ctx.measure)
         self.tokenizer_dir = tokenizer_path(doc)
         self.model_dirs = {name: self._model_dir(name) for name in self.models}
+        self.task_folder = self._task_folder()
+        self.settings.judge = self._judge(settings.get("judge"))
+
+    def _task_folder(self) -> dict[str, Any] | None:
+        """The lm-eval task folder for this run's data (fails fast when the data is not on this machine)."""
+        wanted = [t for t in self.tasks if t in LM_EVAL_TASKS]
+        if not wanted:
+            return None
+        from distill_kit.evaluation.data import data_root, nltk_data_root
+        from distill_kit.evaluation.lm_eval_tasks import build_task_folder
+
+        s = self.settings
+        roots = {t: data_root(t, s.data_mode, s.dataset_overrides, s.manifest_name) for t in wanted}
+        if "ifeval" in wanted:
+            nltk_data_root(s.data_mode, s.manifest_name)
+        s.lm_eval_tasks_dir = self.ctx.stage_dir / "lm_eval_tasks"
+        return build_task_folder(s.lm_eval_tasks_dir, roots).record()
+
+    def _judge(self, config: dict[str, Any] | None):
+        judged = [t for t in self.tasks if t in JUDGED_TASKS]
+        if not judged:
+            return None
+        if not config:
+            raise EvalError(f"{', '.join(judged)} need(s) a judge: set eval.judge in the manifest")
+        from distill_kit.evaluation.judges import make_judge
+
+        judge = make_judge(config, self.ctx.manifest.document, self.ctx.device)
+        judge.check()
+        return judge
 
     def _model_dir(self, name: str) -> Path:
         doc = self.ctx.manifest.document
@@ -48,32 +89,46 @@ class EvalStage:
             return asset_path(doc["models"]["student"], doc["name"])
         return asset_path(doc["models"]["teacher"], doc["name"])
 
+    def _one(self, model: str, task: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        settings = replace(self.settings, model_label=model, windows=[])
+        if settings.judge is not None:
+            settings.judge.reset_usage()
+        with self.ctx.measure(f"{model}/{task}") as window:
+            score = run_task(task, self.model_dirs[model], self.tokenizer_dir, settings)
+        samples_file = f"samples/{model}.{task}.jsonl"
+        atomic_write_text(self.ctx.stage_dir / samples_file,
+                          "".join(json.dumps(s, sort_keys=True) + "\n" for s in score.samples))
+        energy_j = _window_total(window)
+        detail = {"model": model, "task": task, "metric": score.metric, "score": score.score, "n": score.n,
+                  "tokens": score.tokens, "full": score.full, "samples": samples_file, "energy_j": energy_j,
+                  "j_per_sample": energy_j / score.n if energy_j is not None and score.n else None,
+                  "window": window.get("label"), "judge": score.judge, "details": score.details}
+        return detail, [window, *settings.windows]
+
     def run(self) -> StageResult:
         scores: dict[str, dict[str, float]] = {}
         details: list[dict[str, Any]] = []
-        windows = []
+        windows: list[dict[str, Any]] = []
         pairs = [(m, t) for m in self.models for t in self.tasks]
         for model, task in self.ctx.progress.track(pairs, len(pairs), "eval"):
-            with self.ctx.measure(f"{model}/{task}") as window:
-                score = run_task(task, self.model_dirs[model], self.tokenizer_dir, self.settings)
-            samples_file = f"samples/{model}.{task}.jsonl"
-            atomic_write_text(self.ctx.stage_dir / samples_file,
-                              "".join(json.dumps(s, sort_keys=True) + "\n" for s in score.samples))
-            scores.setdefault(model, {})[task] = score.score
-            energy_j = _window_total(window)
-            details.append({"model": model, "task": task, "metric": score.metric, "score": score.score,
-                            "n": score.n, "tokens": score.tokens, "full": score.full, "samples": samples_file,
-                            "energy_j": energy_j, "j_per_sample": energy_j / score.n if energy_j and score.n else None,
-                            "details": score.details})
-            windows.append(window)
-            self.ctx.progress.log(f"eval: {model} {task} {score.metric}={score.score:.3f} (n={score.n})")
+            detail, opened = self._one(model, task)
+            scores.setdefault(model, {})[task] = detail["score"]
+            details.append(detail)
+            windows += opened
+            self.ctx.progress.log(f"eval: {model} {task} {detail['metric']}={detail['score']:.3f} "
+                                  f"(n={detail['n']}{'' if detail['full'] else ', subset'})")
         return StageResult(tokens=sum(d["tokens"] for d in details), token_kind="eval_tokens", outputs={
             "scores": scores, "tasks": details, "windows": windows,
             "full_evaluation": all(d["full"] for d in details),
+            "settings": {"models": self.models, "tasks": self.tasks, "limit": self.settings.limit,
+                         "data": self.settings.data_mode, "batch_size": self.settings.batch_size},
+            "lm_eval_tasks": self.task_folder,
         })
 
     def cleanup(self) -> None:
-        pass
+        judge = getattr(getattr(self, "settings", None), "judge", None)
+        if judge is not None:
+            judge.close()
 
 
 def _window_total(window: dict[str, Any]) -> float | None:
