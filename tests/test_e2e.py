@@ -21,8 +21,10 @@ from tests.conftest import REPO, assert_no_traceback, run_cli
 
 pytestmark = pytest.mark.slow
 
+# lm-eval's tasks are covered by tests/test_evaluation.py; here the tiny task alone keeps the runs quick.
 QUICK = ["--set", "student.token_budget=100000", "--set", "student.checkpoint_every_steps=10",
-         "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0", "--set", "eval.limit=50"]
+         "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0", "--set", "eval.limit=50",
+         "--set", "eval.tasks=[tiny_task]"]
 
 
 def read(path: Path) -> dict:

@@ -136,7 +136,7 @@ def test_hub_assets_need_a_pinned_revision_and_local_paths_must_exist(tmp_path):
 
 
 def test_duplicate_keys_and_yaml_errors_name_the_line(tmp_path):
-    with pytest.raises(InvalidManifest, match="duplicate key 'seed'.*line 2"):
+    with pytest.raises(InvalidManifest, match=r"line 2.*duplicate key 'seed'"):
         load_manifest(write(tmp_path / "dup.yaml", "seed: 1\nseed: 2\n"))
     with pytest.raises(InvalidManifest, match="line 2"):
         load_manifest(write(tmp_path / "broken.yaml", "a: [1,\n"))
