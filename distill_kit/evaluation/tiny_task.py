@@ -7,6 +7,7 @@ from pathlib import Path
 from distill_kit.assets.task import TINY_DIR, exact_match_accuracy, load_rows
 from distill_kit.evaluation.registry import EvalSettings, TaskScore
 from distill_kit.training.models import load_model, load_tokenizer
+from distill_kit.training.threads import limit_cpu_threads
 
 
 def evaluate(model_dir: Path, tokenizer_dir: Path, settings: EvalSettings) -> TaskScore:
@@ -16,6 +17,7 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, settings: EvalSettings) -> Ta
     rows = rows[: settings.limit] if settings.limit else rows
     tokenizer = load_tokenizer(tokenizer_dir)
     model = load_model(model_dir, settings.device)
+    limit_cpu_threads(settings.device, model)
     kwargs = {"batch_size": settings.batch_size}
     if settings.max_new_tokens:
         kwargs["max_new_tokens"] = settings.max_new_tokens

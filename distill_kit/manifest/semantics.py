@@ -105,6 +105,35 @@ def eval_models(doc: dict[str, Any]) -> list[ManifestProblem]:
     return []
 
 
+def generation_settings(doc: dict[str, Any]) -> list[ManifestProblem]:
+    """Synthetic-data SFT: decoding settings that mean something, filters that fit the data, packing for SFT only."""
+    problems = []
+    pipeline = doc.get("pipeline")
+    g = _get(doc, "teacher.generation") or {}
+    if pipeline == "sft" and not g.get("max_new_tokens"):
+        problems.append(ManifestProblem("$.teacher.generation.max_new_tokens", "pipeline 'sft' needs the teacher's "
+                                        "decoding settings (teacher.generation), max_new_tokens at least"))
+    if (g.get("num_samples") or 1) > 1 and g.get("do_sample") is False:
+        problems.append(ManifestProblem("$.teacher.generation.num_samples", "greedy decoding (do_sample: false) "
+                                        "gives one answer per prompt: set num_samples to 1 or do_sample to true"))
+    if g.get("min_tokens") is not None and g.get("max_tokens") is not None and g["min_tokens"] > g["max_tokens"]:
+        problems.append(ManifestProblem("$.teacher.generation.min_tokens", f"min_tokens ({g['min_tokens']}) is "
+                                        f"above max_tokens ({g['max_tokens']}): every sample would be dropped"))
+    if g.get("backend") == "vllm" and _get(doc, "hardware.accelerator") == "cpu":
+        problems.append(ManifestProblem("$.teacher.generation.backend", "vllm needs a GPU; use 'hf' on a CPU"))
+    check = _get(doc, "teacher.filters.answer_check", "none")
+    fmt = _get(doc, "data.train.format", "prompt_answer")
+    needs = {"exact": {"prompt_answer"}, "math": {"openr1_math"}}.get(check)
+    if pipeline == "sft" and needs and fmt not in needs:
+        problems.append(ManifestProblem("$.teacher.filters.answer_check", f"answer_check '{check}' needs reference "
+                                        f"answers of format {' or '.join(sorted(needs))}; data.train.format is "
+                                        f"'{fmt}'"))
+    if _get(doc, "student.packing") and pipeline not in ("sft", "baseline_sft"):
+        problems.append(ManifestProblem("$.student.packing", "packing is implemented for SFT only (the KD cache is "
+                                        "per sequence): set it to false"))
+    return problems
+
+
 def hardware(doc: dict[str, Any]) -> list[ManifestProblem]:
     """Hardware requirements must not contradict each other."""
     if _get(doc, "hardware.accelerator") == "cpu" and (_get(doc, "hardware.gpu_count") or 0) > 0:
@@ -112,7 +141,8 @@ def hardware(doc: dict[str, Any]) -> list[ManifestProblem]:
     return []
 
 
-RULES: list[Rule] = [teacher_present, kd_settings, loss_weights, budgets, pins, eval_models, hardware]
+RULES: list[Rule] = [teacher_present, kd_settings, loss_weights, budgets, pins, eval_models, hardware,
+                     generation_settings]
 
 
 def check(document: dict[str, Any]) -> list[ManifestProblem]:

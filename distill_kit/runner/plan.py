@@ -11,11 +11,17 @@ STAGE_CLASSES = {
     "prerun": "distill_kit.stages.prerun:PrerunStage",
     "teacher_logits": "distill_kit.stages.teacher_logits:TeacherLogitsStage",
     "kd": "distill_kit.stages.student:StudentStage",
+    "teacher_generation": "distill_kit.stages.generate:TeacherGenerationStage",
+    "filter": "distill_kit.stages.filter:FilterStage",
+    "sft": "distill_kit.stages.sft:SFTStage",
     "eval": "distill_kit.stages.evaluate:EvalStage",
 }
 
 PIPELINES = {
     "kd": [("prerun", "prerun"), ("teacher", "teacher_logits"), ("student", "kd"), ("eval", "eval")],
+    "sft": [("prerun", "prerun"), ("teacher", "teacher_generation"), ("filter", "filter"), ("student", "sft"),
+            ("eval", "eval")],
+    "baseline_sft": [("prerun", "prerun"), ("student", "sft"), ("eval", "eval")],
     "eval_only": [("prerun", "prerun"), ("eval", "eval")],
 }
 

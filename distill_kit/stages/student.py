@@ -14,6 +14,7 @@ from distill_kit.logits.cache import CacheReader
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.training.data import Example
 from distill_kit.training.models import load_model, load_tokenizer
+from distill_kit.training.threads import limit_cpu_threads
 from distill_kit.training.trainer import TrainConfig, Trainer
 
 
@@ -27,6 +28,7 @@ class StudentStage:
         self.tokenizer_dir = tokenizer_path(doc)
         self.tokenizer = load_tokenizer(self.tokenizer_dir)
         self.model = load_model(asset_path(doc["models"]["student"], doc["name"]), ctx.device, "fp32")
+        self.threads = limit_cpu_threads(ctx.device, self.model)
         reader = CacheReader(ctx.output_of("teacher") / "cache")
         if reader.index.vocab_size != int(self.model.config.vocab_size):
             raise ValueError(f"teacher vocabulary ({reader.index.vocab_size}) differs from the student's "
@@ -61,6 +63,7 @@ class StudentStage:
             "mfu": result.mfu,
             "mfu_note": result.mfu_note,
             "teacher_cache": {"sequences": self.cache.sequences, "top_k": self.cache.top_k},
+            "cpu_threads": self.threads,
         })
 
     def cleanup(self) -> None:

@@ -14,6 +14,7 @@ from distill_kit.logits.teacher import pad_batch, split_sequences, teacher_topk
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.training.data import load_examples
 from distill_kit.training.models import load_model, load_tokenizer
+from distill_kit.training.threads import limit_cpu_threads
 
 
 class TeacherLogitsStage:
@@ -31,6 +32,7 @@ class TeacherLogitsStage:
         self.tokenizer = load_tokenizer(tokenizer_path(doc))
         teacher_ref = doc["models"]["teacher"]
         self.model = load_model(asset_path(teacher_ref, doc["name"]), ctx.device)
+        self.threads = limit_cpu_threads(ctx.device, self.model)
         max_len = int(self.settings.get("max_seq_len", doc.get("student", {}).get("max_seq_len", 1024)))
         train = doc["data"]["train"]
         self.examples = load_examples(train, asset_path(train, doc["name"]), self.tokenizer, max_len)
@@ -68,6 +70,7 @@ class TeacherLogitsStage:
                       "encoding": index.encoding, "row_bytes": index.codec.row_bytes if index.encoding == "packed"
                       else None, "max_abs_logprob_error": index.max_abs_logprob_error},
             "resumed_after_sequences": start,
+            "cpu_threads": self.threads,
         })
 
     def cleanup(self) -> None:

@@ -208,7 +208,8 @@ class ChatRenderer:
         return ids, self._prefix_mask(conversation.messages, ids)
 
     def _prefix_mask(self, messages: list[dict[str, str]], ids: list[int]) -> list[int]:
-        """For templates without ``{% generation %}``: an assistant turn is what it adds to the rendered prefix."""
+        """For templates without ``{% generation %}``: an assistant turn is what it adds to the rendered prefix,
+        up to and including its last end-of-sequence token."""
         mask = [0] * len(ids)
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
@@ -217,7 +218,11 @@ class ChatRenderer:
             upto = self._ids(messages[: i + 1], generation_prompt=False)
             if upto != ids[: len(upto)] or start > len(upto):
                 raise ValueError("template_not_prefix_stable")
-            mask[start : len(upto)] = [1] * (len(upto) - start)
+            end = len(upto)
+            eos = self.tokenizer.eos_token_id
+            if eos in upto[start:]:  # what a template adds after the end-of-turn token ("\n") is not trained on
+                end = start + len(upto[start:]) - upto[start:][::-1].index(eos)
+            mask[start:end] = [1] * (end - start)
         return mask
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:
