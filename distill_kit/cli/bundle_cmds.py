@@ -43,8 +43,9 @@ def register(app: typer.Typer) -> None:
             raise InvalidInput(f"{run_dir} is not a directory")
         private = load_private_key(key, _passphrase(passphrase_env))
         result = pack_run(run_dir, out, private, include_large=include_large)
-        Console(highlight=False, soft_wrap=True, width=wide()).print(f"bundle written: {out} ({result.members} members, {result.size_bytes:,} "
-                                       f"bytes, sha256 {result.sha256[:16]}…)")
+        console = Console(highlight=False, soft_wrap=True, width=wide())
+        console.print(f"bundle written: {out} ({result.members} members, {result.size_bytes:,} bytes, sha256 "
+                      f"{result.sha256[:16]}…)")
         return 0
 
     @app.command()
@@ -59,8 +60,9 @@ def register(app: typer.Typer) -> None:
         from distill_kit.bundle.keys import generate_keypair
 
         pair = generate_keypair(out, _passphrase(passphrase_env))
-        Console(highlight=False, soft_wrap=True, width=wide()).print(f"private key {pair.private_path} (mode 0600), public key "
-                                       f"{pair.public_path}, key id {pair.key_id}")
+        console = Console(highlight=False, soft_wrap=True, width=wide())
+        console.print(f"private key {pair.private_path} (mode 0600), public key {pair.public_path}, key id "
+                      f"{pair.key_id}")
         return 0
 
     @app.command()

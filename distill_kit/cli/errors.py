@@ -12,6 +12,8 @@ import sys
 import click
 import typer
 
+from distill_kit.errors import EXIT_BAD_INPUT, EXIT_FAILED, DistillKitError, InvalidManifest
+
 try:  # typer >= 0.25 vendors click; its exceptions are not click's own
     from typer import _click as _vendored_click
 except ImportError:  # pragma: no cover - older typer
@@ -22,8 +24,6 @@ EXIT_EXCEPTIONS = (click.exceptions.Exit, typer.Exit)
 ABORT_EXCEPTIONS = (click.exceptions.Abort, typer.Abort)
 CLICK_EXCEPTIONS = tuple(m.exceptions.ClickException for m in _CLICK)
 USAGE_EXCEPTIONS = tuple(m.exceptions.UsageError for m in _CLICK)
-
-from distill_kit.errors import EXIT_BAD_INPUT, EXIT_FAILED, DistillKitError, InvalidManifest
 
 
 def _print_error(message: str) -> None:

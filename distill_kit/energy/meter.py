@@ -252,7 +252,8 @@ class EnergyMeter:
                              ended_at=iso(t_end), duration_s=t_end - t_start, energy=figures, edges=edges,
                              codecarbon=codecarbon, samples=len(window.rows), coverage=cov, notes=notes)
 
-    def recover(self, stage_dir: Path, attempt: int, t_start: float, estimate_power_w: dict[str, float]) -> AttemptRecord:
+    def recover(self, stage_dir: Path, attempt: int, t_start: float,
+                estimate_power_w: dict[str, float]) -> AttemptRecord:
         """The record of an attempt whose process was killed: energy from the samples it left behind.
 
         GPU counters and RAPL read from the first and last samples; CPU/RAM estimates from the average

@@ -56,16 +56,8 @@ def _ram_used_mib() -> float | None:
         return None
 
 
-def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> int:
-    stop = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which stops us in order
-
+def _open_sensors() -> tuple[NvmlGpus | None, list]:
+    """Every sensor this machine has; one that cannot be opened is simply absent from the trace."""
     try:
         gpus: NvmlGpus | None = NvmlGpus.open()
         if not gpus.gpus:
@@ -76,8 +68,39 @@ def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> in
         zones = rapl_zones()
     except SensorUnavailable:
         zones = []
-    cpu = _CpuUtil()
+    return gpus, zones
 
+
+def _read_row(attempt: int, gpus: NvmlGpus | None, zones: list, cpu: _CpuUtil) -> dict[str, object]:
+    row: dict[str, object] = {"t": repr(time.time()), "attempt": attempt, "cpu_util_pct": cpu.percent(),
+                              "ram_used_mib": _ram_used_mib()}
+    errors = []
+    if gpus:
+        try:
+            for i, reading in enumerate(gpus.sample()):
+                row.update({f"gpu{i}_{k}": v for k, v in reading.items()})
+        except Exception as err:  # noqa: BLE001 - a GPU that disappears must not stop the run
+            errors.append(f"gpu: {err}")
+    for zone in zones:
+        try:
+            row[f"rapl_{zone.name}_uj"] = zone.read_uj()
+        except OSError as err:
+            errors.append(f"rapl {zone.name}: {err}")
+    row["error"] = "; ".join(errors)
+    return row
+
+
+def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> int:
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which stops us in order
+    gpus, zones = _open_sensors()
+    cpu = _CpuUtil()
     columns = ["t", "attempt", "cpu_util_pct", "ram_used_mib"]
     if gpus:
         columns += [f"gpu{i}_{f}" for i in range(len(gpus.gpus)) for f in GPU_FIELDS]
@@ -92,21 +115,7 @@ def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> in
         next_tick = time.monotonic()
         first = True
         while True:
-            row: dict[str, object] = {"t": repr(time.time()), "attempt": attempt,
-                                      "cpu_util_pct": cpu.percent(), "ram_used_mib": _ram_used_mib()}
-            errors = []
-            if gpus:
-                try:
-                    for i, reading in enumerate(gpus.sample()):
-                        row.update({f"gpu{i}_{k}": v for k, v in reading.items()})
-                except Exception as err:  # a GPU that disappears must not stop the run
-                    errors.append(f"gpu: {err}")
-            for zone in zones:
-                try:
-                    row[f"rapl_{zone.name}_uj"] = zone.read_uj()
-                except OSError as err:
-                    errors.append(f"rapl {zone.name}: {err}")
-            row["error"] = "; ".join(errors)
+            row = _read_row(attempt, gpus, zones, cpu)
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
             handle.flush()
             if first:

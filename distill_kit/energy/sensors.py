@@ -113,7 +113,8 @@ class NvmlGpus:
                 uuid=uuids[index],
                 memory_mib=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1 << 20)),
                 power_limit_w=_optional(lambda h=handle: pynvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000.0),
-                has_energy_counter=_optional(lambda h=handle: pynvml.nvmlDeviceGetTotalEnergyConsumption(h)) is not None,
+                has_energy_counter=_optional(
+                    lambda h=handle: pynvml.nvmlDeviceGetTotalEnergyConsumption(h)) is not None,
                 has_instant_power=_instant_power_w(handle) is not None,
                 driver=driver,
             ))

@@ -313,13 +313,13 @@ class Trainer:
         optimizer = build_optimizer(self.model, config, self.device)
         scheduler = build_scheduler(optimizer, config, total_steps)
         progress = self._load_checkpoint(optimizer, scheduler)
-        step = progress["step"] if progress else 0
+        first_step = progress["step"] if progress else 0
         trained = progress["trained_tokens"] if progress else 0
         inputs = progress["input_tokens"] if progress else 0
         curve: list[dict[str, float]] = progress["loss_curve"] if progress else []
         run = {"trained": 0, "inputs": 0, "sequences": 0}  # this process's share (throughput, MFU)
         started = time.perf_counter()
-        for step in self.track(range(step, total_steps), total_steps, "training"):
+        for step in self.track(range(first_step, total_steps), total_steps, "training"):
             micro = plan[step * config.grad_accum : (step + 1) * config.grad_accum]
             batches = [collate([self.examples[i] for i in m.indices], self.pad_id, m.token_cap) for m in micro]
             step_tokens = sum(b.target_tokens for b in batches)
