@@ -11,7 +11,7 @@ KEY ?= keys/signing
 RUNTIME ?= auto
 # The CPU build on disk here; on a GPU host: make reproduce TORCH_SPEC=torch (or install torch first).
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= run,eval,report,dev
+EXTRAS ?= run,eval,report,leaderboard,dev
 PYTEST_ARGS ?=
 
 # An active virtual environment is used as it is; otherwise .venv is created.
@@ -24,7 +24,7 @@ PY := $(VENV)/bin/python
 DK := $(VENV)/bin/distill-kit
 STAMP := $(VENV)/.distill-kit-installed
 
-.PHONY: setup reproduce test verify lint image clean help
+.PHONY: setup reproduce test verify lint image base-image apptainer lock clean help
 
 help:
 	@sed -n '2,4p' Makefile
@@ -63,9 +63,47 @@ verify: setup
 
 lint: setup
 	$(VENV)/bin/ruff check distill_kit tests benchmarks
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) docker/lock.py check
+
+# The container image (Dockerfile; README "Container"). The default is the GPU image (CUDA base by digest, CUDA
+# torch); without a registry: make base-image && make image BASE_IMAGE=distill-kit-base:bookworm (CPU torch).
+IMAGE ?= distill-kit
+BASE_IMAGE ?=
+BASE_NAME ?= distill-kit-base:bookworm
+TORCH_VARIANT ?= $(if $(findstring distill-kit-base,$(BASE_IMAGE)),cpu,cuda)
+PY_ANY = $(if $(wildcard $(PY)),$(PY),python3)
 
 image:
-	@echo "the container image target comes with the container work (issue 8)"; exit 1
+	version=$$($(PY_ANY) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+	lock=requirements/$(TORCH_VARIANT).lock
+	[ -f "$$lock" ] || { echo "no $$lock (TORCH_VARIANT is cpu or cuda)"; exit 2; }
+	[ "$(TORCH_VARIANT)" != cpu ] || $(PY_ANY) docker/lock.py wheels cpu
+	if [ -n "$${PIP_CERT:-}" ] && [ -f "$$PIP_CERT" ]; then cp "$$PIP_CERT" docker/certs/ca-certificates.crt; fi
+	commit=$$(git rev-parse HEAD 2>/dev/null || true)
+	dirty=$$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo true || echo false)
+	created=$$( [ "$$dirty" = false ] && git log -1 --format=%cI 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)
+	docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0  # Debian's docker.io has no buildx
+	start=$$(date +%s)
+	docker build --tag "$(IMAGE):$$version" --tag "$(IMAGE):latest" \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) --build-arg TORCH_VARIANT=$(TORCH_VARIANT) \
+	  --build-arg KIT_VERSION="$$version" --build-arg LOCK_SHA256="$$(sha256sum "$$lock" | cut -d' ' -f1)" \
+	  --build-arg GIT_COMMIT="$$commit" --build-arg GIT_DIRTY="$$dirty" --build-arg BUILD_DATE="$$created" .
+	echo "image $(IMAGE):$$version ($(TORCH_VARIANT) torch) built in $$(( $$(date +%s) - start )) s:" \
+	  "$$(docker image inspect -f '{{.Id}}, {{.Size}} bytes' "$(IMAGE):$$version")"
+
+# A local Debian bookworm base (debootstrap + docker import) for machines that reach no registry.
+base-image:
+	docker/make-base.sh "$(BASE_NAME)"
+
+# The Apptainer recipe (apptainer/distill-kit.def) from the same lock, for clusters without Docker.
+apptainer:
+	$(PY_ANY) apptainer/generate.py $(if $(filter cpu,$(TORCH_VARIANT)),--variant cpu)
+
+# Recompile the image's locks (requirements/*.lock) after changing dependencies in pyproject.toml (needs PyPI).
+lock: setup
+	[ -x "$(VENV)/bin/uv" ] || $(PY) -m pip install --quiet uv
+	$(PY) docker/lock.py compile
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

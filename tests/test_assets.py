@@ -66,8 +66,9 @@ def train_rows() -> list[TaskRow]:
     return load_rows(TINY_DIR / "task" / "train.jsonl")
 
 
-def _load(name: str):
-    return transformers.LlamaForCausalLM.from_pretrained(TINY_DIR / name)
+@pytest.fixture(scope="module")
+def teacher():
+    return transformers.LlamaForCausalLM.from_pretrained(TINY_DIR / "teacher")
 
 
 def _sha256(path: Path) -> str:
@@ -177,9 +178,7 @@ def test_encode_example_layout(tokenizer, train_rows) -> None:
         prompt_ids, completion_ids = encode_example(tokenizer, row)
         assert prompt_ids[0] == tokenizer.bos_token_id and tokenizer.eos_token_id not in prompt_ids
         assert completion_ids[-1] == tokenizer.eos_token_id
-        assert tokenizer.decode(prompt_ids + completion_ids, skip_special_tokens=True) == "".join(
-            format_example(row)
-        )
+        assert tokenizer.decode(prompt_ids + completion_ids, skip_special_tokens=True) == "".join(format_example(row))
         longest = max(longest, len(prompt_ids) + len(completion_ids))
     assert longest <= 32
 
@@ -216,8 +215,7 @@ def test_answer_is_correct(output: str, target: str, expected: bool) -> None:
 # ------------------------------------------------------------------------------------------ models
 
 
-def test_teacher_scores_as_recorded(tokenizer, eval_rows, record) -> None:
-    teacher = _load("teacher")
+def test_teacher_scores_as_recorded(teacher, tokenizer, eval_rows, record) -> None:
     result = exact_match_accuracy(teacher, tokenizer, eval_rows[:64])
     assert isinstance(result, EvalResult) and result.n == 64 and len(result.samples) == 64
     subset = record["teacher_eval_subset_exact_match"]
@@ -230,8 +228,7 @@ def test_teacher_scores_as_recorded(tokenizer, eval_rows, record) -> None:
     assert [s["prompt"] for s in result.samples] == [r.prompt for r in eval_rows[:64]]
 
 
-def test_left_padded_batches_match_single_rows(tokenizer, eval_rows) -> None:
-    teacher = _load("teacher")
+def test_left_padded_batches_match_single_rows(teacher, tokenizer, eval_rows) -> None:
     rows = eval_rows[:12]  # mixed lengths, so batches are padded
     batched = exact_match_accuracy(teacher, tokenizer, rows, batch_size=12)
     single = exact_match_accuracy(teacher, tokenizer, rows, batch_size=1)
@@ -239,6 +236,6 @@ def test_left_padded_batches_match_single_rows(tokenizer, eval_rows) -> None:
 
 
 def test_initial_student_scores_near_zero(tokenizer, eval_rows) -> None:
-    student = _load("student")
+    student = transformers.LlamaForCausalLM.from_pretrained(TINY_DIR / "student")
     result = exact_match_accuracy(student, tokenizer, eval_rows[:64])
     assert result.accuracy <= 0.05

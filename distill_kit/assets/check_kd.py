@@ -149,15 +149,32 @@ def check_kd(
     cache_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     steps = kd_train(
-        student, tokenizer, examples, cache, seconds=seconds, max_steps=max_steps, lr=lr,
-        batch_size=batch_size, ce_weight=ce_weight, seed=seed,
+        student,
+        tokenizer,
+        examples,
+        cache,
+        seconds=seconds,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        ce_weight=ce_weight,
+        seed=seed,
     )
     train_s = time.perf_counter() - t0
     after = exact_match_accuracy(student, tokenizer, eval_rows).accuracy
     return KDCheckResult(
-        k=k, ce_weight=ce_weight, lr=lr, batch_size=batch_size, steps=steps, train_seconds=round(train_s, 2),
-        cache_seconds=round(cache_s, 2), torch_threads=torch.get_num_threads(), before_exact_match=before,
-        after_exact_match=after, teacher_exact_match=teacher_em, n_eval=len(eval_rows),
+        k=k,
+        ce_weight=ce_weight,
+        lr=lr,
+        batch_size=batch_size,
+        steps=steps,
+        train_seconds=round(train_s, 2),
+        cache_seconds=round(cache_s, 2),
+        torch_threads=torch.get_num_threads(),
+        before_exact_match=before,
+        after_exact_match=after,
+        teacher_exact_match=teacher_em,
+        n_eval=len(eval_rows),
     )
 
 

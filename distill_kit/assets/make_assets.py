@@ -44,6 +44,7 @@ from distill_kit.assets.task import (
 SCHEMA_VERSION = 1
 SEED = 20261125
 VOCAB_SIZE = 448
+SUBSET = 64
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>")  # ids 0, 1, 2
 PAD, BOS, EOS = SPECIAL_TOKENS
 
@@ -53,7 +54,7 @@ CHAT_TEMPLATE = (
     "{% if message['role'] == 'system' %}System: {{ message['content'] | trim }}\n"
     "{% elif message['role'] == 'user' %}User: {{ message['content'] | trim }}\n"
     "{% elif message['role'] == 'assistant' %}Assistant:"
-    "{% generation %} {{ message['content'] | trim }}{{ eos_token }}{% endgeneration %}\n"
+    "{% generation %} {{ message['content'] | trim }}{{ eos_token }}{% endgeneration %}{{ '\\n' }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
@@ -65,9 +66,9 @@ class TaskSpec:
     """Rows ``"<op> <letters>"``: ``op`` drawn from ``ops``, ``min_len``..``max_len`` letters (with repeats)
     from ``alphabet``, space separated. ``reverse`` reverses them, ``sort`` sorts them."""
 
-    ops: tuple[str, ...] = ("reverse",)
-    min_len: int = 3
-    max_len: int = 7
+    ops: tuple[str, ...] = ("reverse", "sort")
+    min_len: int = 4
+    max_len: int = 10
     alphabet: str = string.ascii_lowercase
     n_train: int = 4000
     n_eval: int = 200
@@ -96,12 +97,12 @@ class TrainSpec:
 
 TASK = TaskSpec()
 TEACHER = ModelSpec(
-    hidden_size=128, num_hidden_layers=4, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4
+    hidden_size=128, num_hidden_layers=3, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4
 )
 STUDENT = ModelSpec(
     hidden_size=64, num_hidden_layers=2, intermediate_size=256, num_attention_heads=2, num_key_value_heads=2
 )
-TEACHER_TRAIN = TrainSpec()
+TEACHER_TRAIN = TrainSpec(steps=1500)
 
 # English text for the tokenizer's merges (the task text alone would give a vocabulary of letters only).
 # Written for this kit; in the register of the eval fixtures (word problems, multiple choice, instructions).
@@ -220,6 +221,16 @@ def build_tokenizer(train_rows: list[TaskRow], vocab_size: int = VOCAB_SIZE) -> 
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
+
+
+def save_tokenizer(tokenizer: Any, path: Path) -> None:
+    """``save_pretrained``, naming the class ``PreTrainedTokenizerFast`` (which transformers 4 and 5 both load)
+    rather than transformers 5's ``TokenizersBackend``."""
+    tokenizer.save_pretrained(path)
+    config_path = path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -392,6 +403,7 @@ def make_assets(out: Path, log: Any = print) -> dict[str, Any]:
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     t_start = time.perf_counter()
     prev_threads = torch.get_num_threads()
     prev_det = torch.are_deterministic_algorithms_enabled()
@@ -409,7 +421,7 @@ def make_assets(out: Path, log: Any = print) -> dict[str, Any]:
 
         log(f"tokenizer: byte-level BPE, vocab {VOCAB_SIZE}")
         tokenizer = build_tokenizer(train_rows)
-        tokenizer.save_pretrained(work / "tokenizer")
+        save_tokenizer(tokenizer, work / "tokenizer")
 
         teacher = new_model(TEACHER, tokenizer, SEED + 1)
         student = new_model(STUDENT, tokenizer, SEED + 2)
@@ -420,8 +432,10 @@ def make_assets(out: Path, log: Any = print) -> dict[str, Any]:
         history = train_ce(teacher, tokenizer, train_rows, TEACHER_TRAIN, SEED + 3, log=log)
         train_s = time.perf_counter() - t0
 
-        teacher_em = exact_match_accuracy(teacher, tokenizer, eval_rows).accuracy
-        student_em = exact_match_accuracy(student, tokenizer, eval_rows).accuracy
+        teacher_eval = exact_match_accuracy(teacher, tokenizer, eval_rows, batch_size=SUBSET)
+        teacher_em = teacher_eval.accuracy
+        teacher_subset = sum(s["correct"] for s in teacher_eval.samples[:SUBSET]) / SUBSET
+        student_em = exact_match_accuracy(student, tokenizer, eval_rows, batch_size=SUBSET).accuracy
         log(f"eval exact match: teacher {teacher_em:.3f}, initial student {student_em:.3f}")
 
         _save_model(teacher, work / "teacher")
@@ -438,6 +452,8 @@ def make_assets(out: Path, log: Any = print) -> dict[str, Any]:
             "python": sys.version.split()[0],
             "teacher_eval_exact_match": round(teacher_em, 6),
             "student_eval_exact_match": round(student_em, 6),
+            # the first SUBSET eval rows (one generation batch), for a quick re-check by the tests
+            "teacher_eval_subset_exact_match": {"n": SUBSET, "accuracy": round(teacher_subset, 6)},
             "params": {
                 "vocab_size": len(tokenizer),
                 "task": asdict(TASK),
@@ -466,10 +482,7 @@ def make_assets(out: Path, log: Any = print) -> dict[str, Any]:
         torch.set_num_threads(prev_threads)
         torch.use_deterministic_algorithms(prev_det)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    log(
-        f"wrote {out} ({total / 1e6:.2f} MB) in {time.perf_counter() - t_start:.0f}s "
-        f"(teacher training {train_s:.0f}s)"
-    )
+    log(f"wrote {out} ({total / 1e6:.2f} MB) in {time.perf_counter() - t_start:.0f}s (teacher training {train_s:.0f}s)")
     return record
 
 

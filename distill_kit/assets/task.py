@@ -4,9 +4,10 @@ This module is the task's public API. The kit's teacher, student and eval stages
 format used in training (:func:`format_example`, :func:`encode_example`) and the one used in evaluation
 (:func:`exact_match_accuracy`) are the same code.
 
-The task (made by :mod:`distill_kit.assets.make_assets`): reverse a short string of lower-case letters.
+The task (made by :mod:`distill_kit.assets.make_assets`): reverse or sort a string of 4..10 lower-case letters.
 
     prompt  "reverse q w e r t"      answer  "t r e w q"
+    prompt  "sort q w e r t"         answer  "e q r t w"
     prompt text  "reverse q w e r t ="  completion text  " t r e w q"  (then EOS)
 
 Token ids of one example: ``[BOS] + ids(prompt_text) + ids(completion_text) + [EOS]``; the loss (CE and KD) is
@@ -27,9 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TINY_DIR: Path = Path(__file__).resolve().parent / "tiny"
-"""The packaged tiny assets: ``tokenizer/``, ``teacher/``, ``student/``, ``task/{train,eval}.jsonl``, ``ASSETS.json``."""
+"""The packaged tiny assets: ``tokenizer/ teacher/ student/ task/{train,eval}.jsonl ASSETS.json``."""
 
-TASK_NAME = "reverse-letters"
+TASK_NAME = "reverse-or-sort-letters"
 PROMPT_SUFFIX = " ="
 """Appended to a row's prompt to form the prompt text; the completion text is a space then the answer."""
 

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from distill_kit.energy.meter import EnergyMeter
-        from distill_kit.runtime.docker import DEFAULT_IMAGE, docker_unavailable_reason
+        from distill_kit.runtime.docker import describe_image, docker_unavailable_reason
 
         console = Console(highlight=False, soft_wrap=True, width=wide())
         report = EnergyMeter(use_codecarbon=_codecarbon_installed()).report
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(domain, method, why)
         console.print(table)
         reason = docker_unavailable_reason()
-        console.print(f"docker: {'[green]ready[/green], image ' + DEFAULT_IMAGE if not reason else reason}")
+        console.print(f"docker: {'[green]ready[/green], image ' + str(describe_image()) if not reason else reason}")
         free = shutil.disk_usage(".").free / (1 << 30)
         console.print(f"disk: {free:.1f} GiB free here")
         return 0

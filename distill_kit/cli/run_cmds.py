@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         if resolved.document.get("abstract"):
             raise InvalidInput(f"{resolved.source} is an abstract layer (abstract: true): run a manifest that "
                                "extends it")
-        chosen = choose_runtime(runtime)
+        chosen = choose_runtime(runtime, resolved.get("runtime.image"))
         if dry_run:
             _print_plan(resolved, run_dir, chosen.describe())
             return 0

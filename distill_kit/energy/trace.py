@@ -66,12 +66,12 @@ def parse_trace(text: str) -> Trace:
     return Trace(columns, rows)
 
 
-def read_trace(path: Path, max_bytes: int = 1 << 30) -> Trace:
-    """Read a trace (.csv or .csv.gz); a truncated gzip stream yields the rows before the break."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    chunks = []
-    total = 0
-    with opener(path, "rb") as handle:  # type: ignore[operator]
+def parse_trace_bytes(data: bytes, gzipped: bool = True, max_bytes: int = 1 << 30) -> Trace:
+    """A trace from its (gzip) bytes, bounded; a truncated gzip stream yields the rows before the break."""
+    if not gzipped:
+        return parse_trace(data[:max_bytes].decode("utf-8", errors="replace"))
+    chunks, total = [], 0
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
         try:
             while chunk := handle.read(1 << 20):
                 total += len(chunk)
@@ -81,6 +81,11 @@ def read_trace(path: Path, max_bytes: int = 1 << 30) -> Trace:
         except EOFError:
             pass
     return parse_trace(b"".join(chunks).decode("utf-8", errors="replace"))
+
+
+def read_trace(path: Path, max_bytes: int = 1 << 30) -> Trace:
+    """Read a trace file (.csv or .csv.gz)."""
+    return parse_trace_bytes(path.read_bytes(), gzipped=path.suffix == ".gz", max_bytes=max_bytes)
 
 
 def render_trace(columns: list[str], rows: Iterable[dict[str, float | str | None]]) -> bytes:

@@ -7,14 +7,12 @@ links are never followed, and only the small documents and traces are held in me
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill_kit.energy.trace import Trace, parse_trace
+from distill_kit.energy.trace import Trace, parse_trace_bytes
 from distill_kit.errors import InvalidBundle, InvalidInput, InvalidRunDir
 
 RUN_PREFIX = "run/"
@@ -77,23 +75,6 @@ def _json(data: bytes, where: str, error: type[InvalidInput]) -> Any:
     if not isinstance(document, dict):
         raise error(f"{where} is not a JSON object")
     return document
-
-
-def parse_trace_bytes(data: bytes, gzipped: bool = True, max_bytes: int = MAX_TRACE_BYTES) -> Trace:
-    """A trace from its (gzip) bytes, bounded; a truncated gzip stream yields the rows before the break."""
-    if not gzipped:
-        return parse_trace(data[:max_bytes].decode("utf-8", errors="replace"))
-    chunks, total = [], 0
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
-        try:
-            while chunk := handle.read(1 << 20):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise ValueError(f"trace larger than {max_bytes} bytes uncompressed")
-                chunks.append(chunk)
-        except EOFError:
-            pass
-    return parse_trace(b"".join(chunks).decode("utf-8", errors="replace"))
 
 
 class _Files:
@@ -164,7 +145,7 @@ def load_run(path: Path, traces: bool = True, verify: bool = False) -> RunData:
                 run.trace_problems[stage] = "no trace.csv.gz"
                 continue
             try:
-                run.traces[stage] = parse_trace_bytes(data)
+                run.traces[stage] = parse_trace_bytes(data, max_bytes=MAX_TRACE_BYTES)
             except (OSError, ValueError, EOFError) as err:
                 run.traces[stage] = None
                 run.trace_problems[stage] = f"unreadable trace: {err}"

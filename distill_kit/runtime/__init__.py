@@ -9,16 +9,18 @@ from __future__ import annotations
 from distill_kit.runtime.local import LocalRuntime
 
 
-def choose_runtime(name: str):
-    from distill_kit.runtime.docker import DockerRuntime, docker_unavailable_reason
+def choose_runtime(name: str, image: str | None = None):
+    """``image``: the manifest's ``runtime.image``; by default the kit's pinned image (``DEFAULT_IMAGE``)."""
+    from distill_kit.runtime.docker import DEFAULT_IMAGE, DockerRuntime, docker_unavailable_reason
 
     if name == "local":
         return LocalRuntime()
-    reason = docker_unavailable_reason()
+    image = image or DEFAULT_IMAGE
+    reason = docker_unavailable_reason(image)
     if name == "docker":
         if reason:
             from distill_kit.errors import InvalidInput
 
             raise InvalidInput(f"--runtime docker: {reason}")
-        return DockerRuntime()
-    return LocalRuntime(note=f"Docker not used: {reason}") if reason else DockerRuntime()
+        return DockerRuntime(image)
+    return LocalRuntime(note=f"Docker not used: {reason}") if reason else DockerRuntime(image)

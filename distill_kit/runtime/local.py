@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from distill_kit.manifest import ResolvedManifest
@@ -21,6 +22,9 @@ class LocalRuntime:
 
     def run(self, manifest: ResolvedManifest, run_dir: Path, resume: bool, overrides: list[str]):
         from distill_kit.cli.progress import RichProgress
+        from distill_kit.fingerprint.collect import in_container
         from distill_kit.runner.execute import Runner
 
-        return Runner(manifest, run_dir, RichProgress(), runtime=self.name).execute(resume=resume)
+        # Started by the Docker runtime on a host: the fingerprint says docker, as the user asked.
+        runtime = "docker" if in_container() and os.environ.get("DISTILL_KIT_RUNTIME") == "docker" else self.name
+        return Runner(manifest, run_dir, RichProgress(), runtime=runtime).execute(resume=resume)

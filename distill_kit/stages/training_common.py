@@ -1,0 +1,42 @@
+"""What the student stages (KD and SFT) share: train with the one trainer, make the final checkpoint usable on
+its own, and report the training in the same words."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill_kit._io import sha256_file
+from distill_kit.stages.base import StageContext
+from distill_kit.training.trainer import TrainConfig, Trainer
+
+
+def train_student(ctx: StageContext, model: Any, examples: list, config: TrainConfig, tokenizer: Any,
+                  tokenizer_dir: Path, cpu_threads: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Train, copy the tokenizer next to the final weights, and return (trained tokens, common outputs)."""
+    trainer = Trainer(model, examples, config, ctx.stage_dir, ctx.device, int(tokenizer.pad_token_id),
+                      track=ctx.progress.track)
+    result = trainer.train()
+    for item in tokenizer_dir.iterdir():  # the checkpoint is usable on its own (eval, lm-eval)
+        if item.is_file():
+            shutil.copy2(item, result.final_dir)
+    return result.trained_tokens, {
+        "final": {"path": "final", "weights_sha256": sha256_file(ctx.stage_dir / "final" / "model.safetensors")},
+        "steps": result.steps,
+        "effective_batch": {"sequences": result.effective_batch_sequences,
+                            "batch_size": config.batch_size, "grad_accum": config.grad_accum},
+        "trained_tokens": result.trained_tokens,
+        "input_tokens": result.input_tokens,
+        "token_budget": config.token_budget,
+        "loss": {"ce_weight": config.ce_weight, "kd_weight": config.kd_weight,
+                 **({"kd": vars(config.kd)} if config.kd_weight else {})},
+        "loss_curve": result.loss_curve,
+        "final_loss": result.loss_curve[-1]["loss"] if result.loss_curve else None,
+        "resumed_from_step": result.resumed_from_step,
+        "train_seconds": result.train_seconds,
+        "tokens_per_s_this_attempt": result.tokens_per_s,
+        "mfu": result.mfu,
+        "mfu_note": result.mfu_note,
+        "cpu_threads": cpu_threads,
+    }
