@@ -48,7 +48,8 @@ INTERVAL = 0.1
 COLUMNS = ["t", "attempt", "cpu_util_pct", "ram_used_mib", "gpu0_power_w", "gpu0_energy_mj", "gpu0_util_pct",
            "gpu0_mem_mib", "gpu0_sm_mhz", "gpu0_temp_c", "rapl_package-0_uj", "rapl_dram_uj", "error"]
 CHECK_NAMES = ["archive", "required-files", "integrity", "signature", "trusted-key", "schemas", "identity",
-               "artifacts", "accounting", "time", "plausibility", "hardware", "containerised", "measurement"]
+               "artifacts", "accounting", "time", "plausibility", "hardware", "containerised", "evaluation",
+               "measurement"]
 
 
 # -- a synthetic, consistent, finished run -------------------------------------------------------------------
@@ -424,10 +425,12 @@ def test_verify_passes_with_trusted_key(built: dict[str, Path], keys: dict[str, 
     report = verify_bundle(built["bundle"], trusted_keys=[keys["pub"]])
     assert [r.name for r in report.results] == CHECK_NAMES
     assert report.ok
-    # the killed student attempt's CPU and RAM energy can only be estimated: said, not failed
+    # the killed student attempt's CPU and RAM energy can only be estimated, and its figures are partial
+    # (measured up to the last sample): said, not failed
     assert report.result("measurement").status == "WARN"
-    assert report.result("measurement").reason == ("not measured by a counter: cpu estimate (in student); "
-                                                   "ram estimate (in student)")
+    assert report.result("measurement").reason == (
+        "not measured by a counter, or partial: cpu estimate (in student); cpu partial (in student); "
+        "gpu partial (in student); ram estimate (in student); ram partial (in student)")
     assert all(r.status == "PASS" for r in report.results if r.name != "measurement"), report.results
     assert report.signer_key_id == keys["key_id"]
     document = report.to_dict()
@@ -867,3 +870,21 @@ def test_dsse_pae_matches_the_spec() -> None:
     assert dsse.pae("http://example.com/HelloWorld", b"hello world") == \
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
     assert dsse.pae("t\u00e9", b"") == b"DSSEv1 3 t\xc3\xa9 0 "
+
+
+def test_keys_cli_builds_a_keyring_that_verify_trusts_and_revokes(built: dict[str, Path], keys: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    ring = tmp_path / "ring.json"
+    added = run_cli("keys", "add", str(keys["pub"]), "--keyring", str(ring), "--name", "lab A")
+    assert added.returncode == 0, added.output
+    listed = run_cli("keys", "list", "--keyring", str(ring))
+    assert listed.returncode == 0 and keys["key_id"] in listed.stdout and "trusted" in listed.stdout
+    assert verify_bundle(built["bundle"], keyring=ring).result("trusted-key").status == "PASS"
+    revoked = run_cli("keys", "add", str(keys["pub"]), "--keyring", str(ring), "--name", "lab A",
+                      "--revoke", "key leaked")
+    assert revoked.returncode == 0, revoked.output
+    assert verify_bundle(built["bundle"], keyring=ring).result("trusted-key").status == "FAIL"
+    bad = run_cli("keys", "add", str(keys["pub"]), "--keyring", str(ring), "--name", "x", "--not-after", "soon")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr

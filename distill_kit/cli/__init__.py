@@ -10,6 +10,7 @@ import typer
 from distill_kit.cli import (
     assets_cmds,
     bundle_cmds,
+    keys_cmds,
     leaderboard_cmds,
     machine_cmds,
     manifest_cmds,
@@ -32,6 +33,7 @@ run_cmds.register(app)
 bundle_cmds.register(app)
 machine_cmds.register(app)
 app.add_typer(assets_cmds.app, name="assets")
+app.add_typer(keys_cmds.app, name="keys")
 report_cmds.register(app)
 app.add_typer(leaderboard_cmds.app, name="leaderboard")
 leaderboard_cmds.register_submit(app)

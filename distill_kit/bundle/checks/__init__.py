@@ -12,7 +12,7 @@ from typing import Protocol
 from distill_kit.bundle.checks.accounting import Accounting
 from distill_kit.bundle.checks.archive import Archive, RequiredFiles
 from distill_kit.bundle.checks.documents import Artifacts, Identity, Schemas
-from distill_kit.bundle.checks.machine import Containerised, Hardware, Measurement, Plausibility
+from distill_kit.bundle.checks.machine import Containerised, Evaluation, Hardware, Measurement, Plausibility
 from distill_kit.bundle.checks.signing import Integrity, SignatureCheck, TrustedKeyCheck
 from distill_kit.bundle.checks.timeline import Time
 from distill_kit.bundle.context import VerifyContext, Warn
@@ -38,6 +38,7 @@ CHECKS: tuple[Check, ...] = (
     Plausibility(),
     Hardware(),
     Containerised(),
+    Evaluation(),
     Measurement(),
 )
 

@@ -203,8 +203,29 @@ class Measurement:
                 methods.setdefault(domain, set()).add(figure["method"])
                 if figure["method"] in ("estimate", "unmeasured"):
                     weak.setdefault(f"{domain} {figure['method']}", set()).add(stage)
+                if figure.get("partial"):  # a sensor gap or a killed attempt: the figure is a lower bound
+                    weak.setdefault(f"{domain} partial", set()).add(stage)
         described = "; ".join(f"{d}: {'/'.join(sorted(m))}" for d, m in sorted(methods.items()))
         if weak:
-            return Warn("not measured by a counter: " + "; ".join(
+            return Warn("not measured by a counter, or partial: " + "; ".join(
                 f"{what} (in {', '.join(sorted(stages))})" for what, stages in sorted(weak.items())))
         return f"every domain measured ({described})"
+
+
+class Evaluation:
+    """Quality figures come from full evaluations: a task limited to a sample subset, or run on fixture data, is
+    reported (a WARN: the scores are not comparable with published ones)."""
+
+    name = "evaluation"
+
+    def check(self, ctx: VerifyContext) -> str | Warn:
+        tasks = []
+        for stage in ctx.stage_names():
+            outputs = ctx.stage_summary(stage).get("outputs") or {}
+            tasks += [t for t in outputs.get("tasks") or [] if isinstance(t, dict) and "task" in t]
+        if not tasks:
+            return "no evaluation in this run"
+        subsets = sorted({f"{t['task']} (n={t.get('n')})" for t in tasks if t.get("full") is False})
+        if subsets:
+            return Warn(f"not a full evaluation: {', '.join(subsets)} ran on a subset or on fixture data")
+        return f"{len(tasks)} (model, task) evaluations, all full"
