@@ -207,3 +207,33 @@ def test_bundle_verifies_and_a_changed_byte_fails_naming_the_member(finished_run
         assert result.returncode == 1, (name, result.output)
         assert name in result.stdout, (name, result.stdout)
         assert_no_traceback(result)
+
+
+def test_killed_during_teacher_caching_then_resumed_gives_the_same_cache(tmp_path, finished_run):
+    run_dir = tmp_path / "killed-teacher"
+    cmd = [sys.executable, "-m", "distill_kit", "run", "smoke-kd", "--run-dir", str(run_dir), "--runtime",
+           "local", *QUICK]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    index = run_dir / "stages" / "teacher" / "cache" / "index.json"
+
+    def one_shard_written() -> bool:
+        try:
+            return len(json.loads(index.read_text())["shards"]) >= 1
+        except (OSError, ValueError):
+            return False
+
+    _wait_for(one_shard_written, 300, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not read(index)["complete"]
+    resumed = run_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--resume", "--runtime", "local", *QUICK)
+    assert resumed.returncode == 0, resumed.output
+    teacher = read(run_dir / "stages" / "teacher" / "summary.json")
+    assert [a["status"] for a in teacher["attempts"]] == ["interrupted", "finished"]
+    assert teacher["outputs"]["resumed_after_sequences"] > 0
+    reference = read(finished_run / "stages" / "teacher" / "cache" / "index.json")
+    assert [s["sha256"] for s in read(index)["shards"]] == [s["sha256"] for s in reference["shards"]]
+    student = read(run_dir / "stages" / "student" / "summary.json")["outputs"]
+    assert student["final_loss"] == pytest.approx(
+        read(finished_run / "stages" / "student" / "summary.json")["outputs"]["final_loss"], abs=1e-4)

@@ -220,7 +220,9 @@ class CacheWriter:
         name = f"shard-{number:05d}.safetensors"
         from distill_kit._io import atomic_write_bytes
 
-        atomic_write_bytes(self.folder / name, save(tensors, metadata={"format": FORMAT, "version": str(VERSION)}))
+        # one metadata key: safetensors keeps metadata in a hash map, so two keys come out in a random order and
+        # identical shards would differ in bytes
+        atomic_write_bytes(self.folder / name, save(tensors, metadata={"format": f"{FORMAT}/{VERSION}"}))
         info = ShardInfo(file=name, sha256=sha256_file(self.folder / name), bytes=(self.folder / name).stat().st_size,
                          sequences=len(sequences), tokens=int(lengths.sum()), first_sequence=first_sequence)
         self.index.shards.append(info)

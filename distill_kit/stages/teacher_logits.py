@@ -50,15 +50,19 @@ class TeacherLogitsStage:
         return split_sequences(arrays, tokens, [e.loss_mask for e in batch]), error
 
     def run(self) -> StageResult:
+        # Batches are fixed slices of the data whatever the resume point, so a resumed teacher computes every
+        # sequence in the same batch (same padding, same numerics) as an uninterrupted one would.
         start = self.writer.sequences_done
-        todo = self.examples[start:]
-        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        first_batch = start // self.batch_size
+        batches = [(i, self.examples[i : i + self.batch_size])
+                   for i in range(first_batch * self.batch_size, len(self.examples), self.batch_size)]
         if start:
             self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
-        for batch in self.ctx.progress.track(batches, len(batches), "teacher: caching top-k log-probs"):
+        for offset, batch in self.ctx.progress.track(batches, len(batches), "teacher: caching top-k log-probs"):
             sequences, error = self._forward(batch)
-            for sequence in sequences:
-                self.writer.add(sequence, error)
+            for position, sequence in enumerate(sequences, start=offset):
+                if position >= start:
+                    self.writer.add(sequence, error)
         index = self.writer.close()
         self.writer = None
         forward_tokens = int(sum(len(e.tokens) for e in self.examples))
