@@ -164,7 +164,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 ])
 def test_bad_run_input_gets_one_message_and_exit_2(tmp_path, args, message):
     (tmp_path / "afile").write_text("x")
-    result = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--runtime", "local")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli(*args, *([] if "--runtime" in args else ["--runtime", "local"]))
     assert result.returncode == 2, result.output
     assert message in result.stderr
     assert_no_traceback(result)
