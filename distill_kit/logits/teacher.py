@@ -44,7 +44,9 @@ def topk_rows(x: torch.Tensor, k: int, block: int = 4096, two_stage: bool = Fals
     over [16k, 100k] bf16 (benchmarks/profile_gpu.py), kept for GPUs and shapes where it wins."""
     n, width = x.shape
     if not two_stage or k > block:
-        return x.topk(k, dim=-1)
+        values, indices = x.topk(k, dim=-1, sorted=False)  # select, then sort only the k survivors
+        values, order = values.sort(dim=-1, descending=True)
+        return values, indices.gather(1, order)
     blocks = -(-width // block)
     padded = torch.nn.functional.pad(x, (0, blocks * block - width), value=float("-inf"))
     values, local = padded.view(n, blocks, block).topk(k, dim=-1)
@@ -58,13 +60,16 @@ def teacher_topk(model: Any, ids: torch.Tensor, mask: torch.Tensor, index: Cache
                  ) -> tuple[dict[str, np.ndarray], float]:
     """Encoded top-k rows for every real next-token prediction of the batch (sequences in order)."""
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
-    flat = logits.reshape(-1, logits.shape[-1])
-    # top-k of the raw logits has the order of the log-probs; normalise with one logsumexp pass. Padding rows
-    # are computed and dropped afterwards: cheaper than copying the real rows out of [B*L, V] first.
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    flat = logits.view(-1, logits.shape[-1])  # [B*L, V], no copy (slicing off the last position would copy)
+    # top-k of the raw logits has the order of the log-probs; normalise with one logsumexp pass. Rows that
+    # predict nothing (padding, each sequence's last position) are computed and dropped afterwards: cheaper than
+    # copying the real rows out of [B*L, V] first.
     top_logits, indices = topk_rows(flat, index.top_k)
     lse = logsumexp_rows(flat, index.temperature)
-    rows = mask[:, 1:].reshape(-1).bool().to(device)
+    predicts = torch.zeros_like(mask, dtype=torch.bool)
+    predicts[:, :-1] = mask[:, 1:].bool()
+    rows = predicts.view(-1).to(device)
     logprobs = top_logits[rows].float() / index.temperature - lse[rows, None]
     return index.encode_rows(indices[rows], logprobs)
 
