@@ -158,6 +158,7 @@ def test_remote_judge_unreachable_validates_then_fails_fast(tmp_path, cli):
     assert result.returncode == 1, result.output
     assert "judge endpoint http://127.0.0.1:9/v1 is unreachable" in result.output
     assert time.monotonic() - started < 120
+    assert not (tmp_path / "run").exists()  # refused before any stage ran (the preflight)
     assert_no_traceback(result)
 
 

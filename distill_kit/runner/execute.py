@@ -1,8 +1,8 @@
 """Run a pipeline's stages in order, each inside an energy window, journaled, resumable.
 
-(1) prepare the run directory (new, or resume the same manifest); (2) fingerprint the machine; (3) for each
-planned stage: skip it if finished, recover the energy of attempts a kill interrupted, run a new attempt inside a
-measurement window, fold its trace and write its summary; (4) write the run summary.
+(0) the stages' preflight checks; (1) prepare the run directory (new, or resume the same manifest); (2) fingerprint
+the machine; (3) for each planned stage: skip it if finished, recover the energy of attempts a kill interrupted, run
+a new attempt inside a measurement window, fold its trace and write its summary; (4) write the run summary.
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ class Runner:
                             energy.get("codecarbon", True))
 
     def execute(self, resume: bool = False) -> RunOutcome:
+        planned_stages = plan(self.manifest)
+        for planned in planned_stages:  # (0) fail before the run directory exists, not after hours of training
+            planned.preflight(self.manifest)
         resumed = self.run.prepare(self.manifest, resume)  # (1)
         self.run.journal("run_resumed" if resumed else "run_started", manifest_sha256=self.manifest.sha256,
                          pid=os.getpid())
@@ -78,7 +81,7 @@ class Runner:
         self.meter = EnergyMeter(*self._meter_args)
         device = _device()
         summaries = []
-        for planned in plan(self.manifest):  # (3)
+        for planned in planned_stages:  # (3)
             summaries.append(self._stage(planned, device))
         entries = self.run.entries()
         summary = run_summary(self.manifest.document, self.manifest.sha256, summaries, "finished",

@@ -31,6 +31,13 @@ class PlannedStage:
     name: str  # folder under stages/, unique within a run
     kind: str
 
+    def preflight(self, manifest: ResolvedManifest) -> None:
+        """The stage's cheap checks of things only the running machine can tell (a reachable endpoint...)."""
+        module_name, _, class_name = STAGE_CLASSES[self.kind].partition(":")
+        check = getattr(getattr(importlib.import_module(module_name), class_name), "preflight", None)
+        if check is not None:
+            check(manifest)
+
     def load(self):  # -> Stage
         module_name, _, class_name = STAGE_CLASSES[self.kind].partition(":")
         return getattr(importlib.import_module(module_name), class_name)()

@@ -29,6 +29,16 @@ DEFAULT_TASKS = ["tiny_task"]
 class EvalStage:
     kind = "eval"
 
+    @staticmethod
+    def preflight(manifest: Any) -> None:
+        """Before any stage runs: a judge endpoint that does not answer fails the run now, not after training."""
+        settings = manifest.document.get("eval", {})
+        config = settings.get("judge")
+        if config and config["type"] in ("remote", "server") and set(settings.get("tasks", [])) & set(JUDGED_TASKS):
+            from distill_kit.evaluation.judges import make_judge
+
+            make_judge(config, manifest.document, "cpu").check()
+
     def setup(self, ctx: StageContext) -> None:
         doc = ctx.manifest.document
         self.ctx = ctx
