@@ -104,7 +104,8 @@ def test_report_of_bundles_compares_and_computes_break_even(runs: dict[str, Path
     assert {p.name for p in Path(tmp_path).iterdir()} - before == {"out"}  # nothing extracted next to it
     html = result.index.read_text()
     assert "Comparison" in html and "Pareto frontier" in html and "Teacher-reuse break-even" in html
-    assert "verify: 12 pass" in html  # bundles are verified (no trusted key given: WARN, never FAIL)
+    # bundles are verified (no trusted key given: WARN, never FAIL)
+    assert re.search(r"verify: \d+ pass, \d+ warn, 0 fail", html), html
     assert (tmp_path / "out" / "pareto-tiny_task.png").is_file()
     # the frontier: the baseline (cheapest) and kd-better (best); the original kd is dominated by kd-better
     assert re.search(r'<tr class="frontier"><td class="l">baseline</td>', html)
