@@ -40,3 +40,33 @@ def assert_no_traceback(result: CliResult) -> None:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def spawn_cli(*args: str) -> subprocess.Popen:
+    """``distill-kit ARGS`` started in the background (to be killed at a chosen point, as a crash would)."""
+    return subprocess.Popen([sys.executable, "-m", "distill_kit", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def kill_when(proc: subprocess.Popen, predicate, timeout: float = 400) -> None:
+    """SIGKILL ``proc`` as soon as ``predicate()`` holds; fail if it ends first or never gets there."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the kill point: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("kill point not reached in time")

@@ -7,17 +7,12 @@ They are scaled down with --set to keep the suite quick on 2 cores; `make reprod
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, assert_no_traceback, run_cli
+from tests.conftest import REPO, assert_no_traceback, kill_when, read_json, run_cli, spawn_cli
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +20,6 @@ pytestmark = pytest.mark.slow
 QUICK = ["--set", "student.token_budget=200000", "--set", "student.checkpoint_every_steps=10",
          "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0", "--set", "eval.limit=50",
          "--set", "eval.tasks=[tiny_task]"]
-
-
-def read(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +42,7 @@ def test_run_writes_the_run_directory_of_the_design(finished_run):
     for name in ("manifest.yaml", "manifest.resolved.json", "fingerprint.json", "journal.jsonl", "summary.json"):
         assert (finished_run / name).is_file(), name
     assert (finished_run / "manifest.yaml").read_bytes() == (REPO / "manifests" / "smoke-kd.yaml").read_bytes()
-    summary = read(finished_run / "summary.json")
+    summary = read_json(finished_run / "summary.json")
     assert [s["stage"] for s in summary["stages"]] == ["prerun", "teacher", "student", "eval"]
     for stage in summary["stages"]:
         stage_dir = finished_run / "stages" / stage["stage"]
@@ -62,8 +53,8 @@ def test_run_writes_the_run_directory_of_the_design(finished_run):
 
 
 def test_every_energy_figure_is_measured_estimated_or_null_with_a_reason(finished_run):
-    for stage in read(finished_run / "summary.json")["stages"]:
-        summary = read(finished_run / "stages" / stage["stage"] / "summary.json")
+    for stage in read_json(finished_run / "summary.json")["stages"]:
+        summary = read_json(finished_run / "stages" / stage["stage"] / "summary.json")
         for domain, figure in summary["energy"].items():
             if figure["energy_j"] is None:
                 assert figure["method"] == "unmeasured" and figure["reason"], (stage, domain)
@@ -73,7 +64,7 @@ def test_every_energy_figure_is_measured_estimated_or_null_with_a_reason(finishe
 
 
 def test_distillation_lifts_the_student_and_the_teacher_is_better(finished_run):
-    quality = read(finished_run / "summary.json")["quality"]
+    quality = read_json(finished_run / "summary.json")["quality"]
     teacher, initial, student = (quality[m]["tiny_task"] for m in ("teacher", "student_initial", "student"))
     assert teacher >= 0.9
     assert initial <= 0.05
@@ -81,7 +72,7 @@ def test_distillation_lifts_the_student_and_the_teacher_is_better(finished_run):
 
 
 def test_token_budget_is_met_exactly(finished_run):
-    student = read(finished_run / "stages" / "student" / "summary.json")
+    student = read_json(finished_run / "stages" / "student" / "summary.json")
     assert student["tokens"] == 200000 and student["token_kind"] == "trained_tokens"
     assert student["outputs"]["trained_tokens"] == 200000
 
@@ -96,28 +87,11 @@ def test_a_finished_run_directory_is_never_overwritten(finished_run):
     assert (finished_run / "summary.json").read_bytes() == before
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before the kill point: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("kill point not reached in time")
-
-
 def test_killed_during_student_training_then_resumed_matches_an_uninterrupted_run(tmp_path, finished_run):
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "distill_kit", "run", "smoke-kd", "--run-dir", str(run_dir), "--runtime",
-           "local", *QUICK]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = spawn_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--runtime", "local", *QUICK)
     latest = run_dir / "stages" / "student" / "checkpoints" / "latest"
-    _wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step-0000020", 300, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, lambda: latest.exists() and latest.read_text().strip() >= "step-0000020", 300)
     assert not (run_dir / "summary.json").exists()
 
     refused = run_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--runtime", "local", *QUICK)
@@ -125,7 +99,7 @@ def test_killed_during_student_training_then_resumed_matches_an_uninterrupted_ru
 
     resumed = run_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--resume", "--runtime", "local", *QUICK)
     assert resumed.returncode == 0, resumed.output
-    student = read(run_dir / "stages" / "student" / "summary.json")
+    student = read_json(run_dir / "stages" / "student" / "summary.json")
     assert [a["status"] for a in student["attempts"]] == ["interrupted", "finished"]
     interrupted = student["attempts"][0]
     assert interrupted["duration_s"] > 0 and any(f["partial"] for f in interrupted["energy"].values())
@@ -136,14 +110,14 @@ def test_killed_during_student_training_then_resumed_matches_an_uninterrupted_ru
             sum(a["energy"][domain]["energy_j"] or 0 for a in student["attempts"]))
     assert student["outputs"]["resumed_from_step"] >= 20
     # exact resume: same data order, RNG, optimizer state -> the same loss curve and final loss
-    reference = read(finished_run / "stages" / "student" / "summary.json")["outputs"]
+    reference = read_json(finished_run / "stages" / "student" / "summary.json")["outputs"]
     assert student["outputs"]["final_loss"] == pytest.approx(reference["final_loss"], abs=1e-4)
     ref_curve = [p["loss"] for p in reference["loss_curve"]]
     got_curve = [p["loss"] for p in student["outputs"]["loss_curve"]]
     assert len(got_curve) == len(ref_curve)
     assert max(abs(a - b) for a, b in zip(got_curve, ref_curve, strict=True)) < 1e-4
     # finished stages were not re-run
-    teacher = read(run_dir / "stages" / "teacher" / "summary.json")
+    teacher = read_json(run_dir / "stages" / "teacher" / "summary.json")
     assert len(teacher["attempts"]) == 1
 
 
@@ -181,7 +155,7 @@ def test_a_stage_that_fails_exits_1_and_keeps_the_journal(tmp_path):
     assert_no_traceback(result)
     events = [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "stage_failed" and events[-1]["stage"] == "teacher"
-    failed = read(run_dir / "stages" / "teacher" / "summary.json")
+    failed = read_json(run_dir / "stages" / "teacher" / "summary.json")
     assert failed["status"] == "failed" and failed["attempts"][0]["duration_s"] > 0
 
 
@@ -212,10 +186,7 @@ def test_bundle_verifies_and_a_changed_byte_fails_naming_the_member(finished_run
 
 def test_killed_during_teacher_caching_then_resumed_gives_the_same_cache(tmp_path, finished_run):
     run_dir = tmp_path / "killed-teacher"
-    cmd = [sys.executable, "-m", "distill_kit", "run", "smoke-kd", "--run-dir", str(run_dir), "--runtime",
-           "local", *QUICK]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = spawn_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--runtime", "local", *QUICK)
     index = run_dir / "stages" / "teacher" / "cache" / "index.json"
 
     def one_shard_written() -> bool:
@@ -224,17 +195,15 @@ def test_killed_during_teacher_caching_then_resumed_gives_the_same_cache(tmp_pat
         except (OSError, ValueError):
             return False
 
-    _wait_for(one_shard_written, 300, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not read(index)["complete"]
+    kill_when(proc, one_shard_written, 300)
+    assert not read_json(index)["complete"]
     resumed = run_cli("run", "smoke-kd", "--run-dir", str(run_dir), "--resume", "--runtime", "local", *QUICK)
     assert resumed.returncode == 0, resumed.output
-    teacher = read(run_dir / "stages" / "teacher" / "summary.json")
+    teacher = read_json(run_dir / "stages" / "teacher" / "summary.json")
     assert [a["status"] for a in teacher["attempts"]] == ["interrupted", "finished"]
     assert teacher["outputs"]["resumed_after_sequences"] > 0
-    reference = read(finished_run / "stages" / "teacher" / "cache" / "index.json")
-    assert [s["sha256"] for s in read(index)["shards"]] == [s["sha256"] for s in reference["shards"]]
-    student = read(run_dir / "stages" / "student" / "summary.json")["outputs"]
+    reference = read_json(finished_run / "stages" / "teacher" / "cache" / "index.json")
+    assert [s["sha256"] for s in read_json(index)["shards"]] == [s["sha256"] for s in reference["shards"]]
+    student = read_json(run_dir / "stages" / "student" / "summary.json")["outputs"]
     assert student["final_loss"] == pytest.approx(
-        read(finished_run / "stages" / "student" / "summary.json")["outputs"]["final_loss"], abs=1e-4)
+        read_json(finished_run / "stages" / "student" / "summary.json")["outputs"]["final_loss"], abs=1e-4)

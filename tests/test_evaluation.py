@@ -205,7 +205,8 @@ def test_eval_summary_has_energy_samples_and_lm_evals_own_files(lm_eval_run):
                                                                "samples_" in f for f in files)
         assert all((stage / f).is_file() for f in files)
     by_task = {t["task"]: t for t in summary["tasks"]}
-    assert by_task["mmlu"]["n"] == 57 and by_task["mmlu"]["full"]  # one question per subject, all of them
+    # one question per subject, all of them; but fixtures stand in for the benchmark: never a full evaluation
+    assert by_task["mmlu"]["n"] == 57 and by_task["mmlu"]["data"] == "fixtures" and not by_task["mmlu"]["full"]
     assert not by_task["gsm8k"]["full"] and not summary["full_evaluation"]  # limit 3 of 5: a subset, recorded
     assert (stage / "lm_eval_tasks" / "SOURCES.json").is_file()
 

@@ -5,12 +5,8 @@ resumed."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +26,7 @@ from distill_kit.training.models import load_model, load_tokenizer
 from distill_kit.training.packing import pack_examples
 from distill_kit.training.preprocess import Conversation, conversations, preprocess
 from distill_kit.training.preprocess.base import ChatRenderer
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, kill_when, read_json, run_cli, spawn_cli
 
 FIXTURES = REPO / "tests" / "fixtures" / "datasets"
 TULU_REVISION = "b14afda60f1bbebe55d5d2fa1e4df5042f97f8be"
@@ -350,10 +346,6 @@ QUICK = ["--set", "data.train.max_examples=600", "--set", "teacher.batch_size=10
          "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0", "--set", "eval.limit=40"]
 
 
-def read(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "sft"
@@ -364,21 +356,21 @@ def sft_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_sft_run_summaries_show_generated_tokens_filter_counts_student_tokens_and_scores(sft_run):
-    summary = read(sft_run / "summary.json")
+    summary = read_json(sft_run / "summary.json")
     assert [s["stage"] for s in summary["stages"]] == ["prerun", "teacher", "filter", "student", "eval"]
-    teacher = read(sft_run / "stages" / "teacher" / "summary.json")
+    teacher = read_json(sft_run / "stages" / "teacher" / "summary.json")
     assert teacher["token_kind"] == "generated_tokens" and teacher["j_per_token"] is not None
     index, records = read_generations(sft_run / "stages" / "teacher" / "generations")
     assert teacher["tokens"] == sum(r.generated_tokens for r in records) > 0
     assert teacher["outputs"]["samples"] == len(records) == 600 and len(index.shards) == 3
     assert teacher["outputs"]["prompt_tokens"] == sum(r.prompt_tokens for r in records)
-    filtered = read(sft_run / "stages" / "filter" / "summary.json")["outputs"]
+    filtered = read_json(sft_run / "stages" / "filter" / "summary.json")["outputs"]
     assert [f["name"] for f in filtered["filters"]] == ["length", "answer", "exact_dedup", "near_dedup"]
     assert filtered["filters"][0]["input"] == 600
     assert filtered["kept_samples"] == filtered["filters"][-1]["kept"] >= 480  # the tiny teacher is >= 90% right
     kept_lines = (sft_run / "stages" / "filter" / "data" / "kept.jsonl").read_text().splitlines()
     assert len(kept_lines) == filtered["kept_samples"]
-    student = read(sft_run / "stages" / "student" / "summary.json")
+    student = read_json(sft_run / "stages" / "student" / "summary.json")
     assert student["tokens"] == 12000 and student["token_kind"] == "trained_tokens"
     assert student["outputs"]["data"]["examples"] == filtered["kept_samples"]
     assert student["outputs"]["loss"] == {"ce_weight": 1.0, "kd_weight": 0.0}
@@ -391,39 +383,23 @@ def test_baseline_trains_on_the_original_data_with_no_teacher(tmp_path):
     run_dir = tmp_path / "baseline"
     result = run_cli("run", "smoke-baseline", "--run-dir", str(run_dir), "--runtime", "local", *QUICK[:2], *QUICK[6:])
     assert result.returncode == 0, result.output
-    summary = read(run_dir / "summary.json")
+    summary = read_json(run_dir / "summary.json")
     assert [s["stage"] for s in summary["stages"]] == ["prerun", "student", "eval"]
-    student = read(run_dir / "stages" / "student" / "summary.json")["outputs"]
+    student = read_json(run_dir / "stages" / "student" / "summary.json")["outputs"]
     assert student["data"]["rows_read"] == 600 and student["data"]["dropped"] == {}
     assert student["trained_tokens"] == 12000 and len(student["data"]["processed_sha256"]) == 64
     assert set(summary["quality"]) == {"student_initial", "student"}
 
 
 def _popen(run_dir: Path, resume: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "distill_kit", "run", "smoke-sft", "--run-dir", str(run_dir), "--runtime", "local",
-           *QUICK, *(["--resume"] if resume else [])]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
-
-
-def _kill_when(proc: subprocess.Popen, predicate, timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before the kill point: {proc.stderr.read() if proc.stderr else ''}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("kill point not reached in time")
+    return spawn_cli("run", "smoke-sft", "--run-dir", str(run_dir), "--runtime", "local", *QUICK,
+                     *(["--resume"] if resume else []))
 
 
 def _shards_written(run_dir: Path) -> int:
     index = run_dir / "stages" / "teacher" / "generations" / "index.json"
     try:
-        return len(read(index)["shards"]) if index.exists() else 0
+        return len(read_json(index)["shards"]) if index.exists() else 0
     except json.JSONDecodeError:
         return 0
 
@@ -431,16 +407,16 @@ def _shards_written(run_dir: Path) -> int:
 @pytest.mark.slow
 def test_killed_in_generation_and_in_training_then_resumed_matches_an_uninterrupted_run(tmp_path, sft_run):
     run_dir = tmp_path / "killed"
-    _kill_when(_popen(run_dir, resume=False), lambda: _shards_written(run_dir) >= 1)
+    kill_when(_popen(run_dir, resume=False), lambda: _shards_written(run_dir) >= 1)
     assert 1 <= _shards_written(run_dir) < 3 and not (run_dir / "summary.json").exists()
 
     latest = run_dir / "stages" / "student" / "checkpoints" / "latest"
-    _kill_when(_popen(run_dir, resume=True), lambda: latest.exists() and latest.read_text().strip() >= "step-0000005")
+    kill_when(_popen(run_dir, resume=True), lambda: latest.exists() and latest.read_text().strip() >= "step-0000005")
     resumed = run_cli("run", "smoke-sft", "--run-dir", str(run_dir), "--resume", "--runtime", "local", *QUICK)
     assert resumed.returncode == 0, resumed.output
 
-    teacher = read(run_dir / "stages" / "teacher" / "summary.json")
-    reference = read(sft_run / "stages" / "teacher" / "summary.json")
+    teacher = read_json(run_dir / "stages" / "teacher" / "summary.json")
+    reference = read_json(sft_run / "stages" / "teacher" / "summary.json")
     assert [a["status"] for a in teacher["attempts"]] == ["interrupted", "finished"]
     assert teacher["outputs"]["resumed_after_prompts"] >= 200
     assert teacher["outputs"]["generations"]["shard_sha256"] == reference["outputs"]["generations"]["shard_sha256"]
@@ -448,10 +424,10 @@ def test_killed_in_generation_and_in_training_then_resumed_matches_an_uninterrup
     for name in ("kept.jsonl", "dropped.jsonl"):
         assert (run_dir / "stages/filter/data" / name).read_bytes() == (sft_run / "stages/filter/data" / name
                                                                          ).read_bytes()
-    student = read(run_dir / "stages" / "student" / "summary.json")
+    student = read_json(run_dir / "stages" / "student" / "summary.json")
     assert [a["status"] for a in student["attempts"]] == ["interrupted", "finished"]
     assert student["outputs"]["resumed_from_step"] >= 5
-    ref_student = read(sft_run / "stages" / "student" / "summary.json")["outputs"]
+    ref_student = read_json(sft_run / "stages" / "student" / "summary.json")["outputs"]
     assert student["outputs"]["final"]["weights_sha256"] == ref_student["final"]["weights_sha256"]
     assert [p["loss"] for p in student["outputs"]["loss_curve"]] == [p["loss"] for p in ref_student["loss_curve"]]
 
@@ -466,14 +442,14 @@ def test_sft_pipeline_on_chat_data_in_the_tulu_schema(tmp_path):
                      "--set", "teacher.filters.drop_unfinished=false",
                      "--set", "student.token_budget=100", *QUICK[-6:])
     assert result.returncode == 0, result.output
-    teacher = read(run_dir / "stages" / "teacher" / "summary.json")["outputs"]
+    teacher = read_json(run_dir / "stages" / "teacher" / "summary.json")["outputs"]
     assert teacher["data"]["rows_kept"] == 3 and teacher["data"]["dropped"]["missing_messages"] == 2
     _, records = read_generations(run_dir / "stages" / "teacher" / "generations")
     assert [r.id for r in records] == ["oasst1_101", "flan_7", "no_robots_3"]
     assert records[1].messages[-1] == {"role": "user", "content": "And three plus three?"}  # up to the last answer
     assert records[1].prompt_tokens == len(load_tokenizer(TINY_DIR / "tokenizer").apply_chat_template(
         records[1].messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-    filtered = read(run_dir / "stages" / "filter" / "summary.json")["outputs"]
-    student = read(run_dir / "stages" / "student" / "summary.json")["outputs"]
+    filtered = read_json(run_dir / "stages" / "filter" / "summary.json")["outputs"]
+    student = read_json(run_dir / "stages" / "student" / "summary.json")["outputs"]
     assert student["data"]["format"] == "chat_messages"
     assert student["data"]["examples"] == filtered["kept_samples"]

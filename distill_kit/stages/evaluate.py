@@ -109,8 +109,11 @@ class EvalStage:
         atomic_write_text(self.ctx.stage_dir / samples_file,
                           "".join(json.dumps(s, sort_keys=True) + "\n" for s in score.samples))
         energy_j = _window_total(window)
+        # the kit's few-row fixtures stand in for a benchmark's data: a smoke test, never a full evaluation
+        on_fixtures = self.settings.data_mode == "fixtures" and task != "tiny_task"
         detail = {"model": model, "task": task, "metric": score.metric, "score": score.score, "n": score.n,
-                  "tokens": score.tokens, "full": score.full, "samples": samples_file, "energy_j": energy_j,
+                  "tokens": score.tokens, "full": score.full and not on_fixtures, "data": "fixtures" if on_fixtures
+                  else "benchmark", "samples": samples_file, "energy_j": energy_j,
                   "j_per_sample": energy_j / score.n if energy_j is not None and score.n else None,
                   "window": window.get("label"), "judge": score.judge, "details": score.details}
         return detail, [window, *settings.windows]
