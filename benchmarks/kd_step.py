@@ -23,7 +23,8 @@ from distill_kit.training.trainer import TrainConfig, Trainer, build_optimizer, 
 BATCH, SEQ, K, STEPS = 4, 2048, 100, 8
 
 
-def measure(compile_decoder: bool, kd: bool, bf16_weights: bool = False) -> dict:
+def training_step(compile_decoder: bool, kd: bool, bf16_weights: bool = False):
+    """The kit's trainer step on a ~1.2B Llama and one random KD batch: (model, step function)."""
     torch.manual_seed(0)
     model = llama(hidden=2048, layers=16, intermediate=5632, seq=SEQ).cuda()
     if bf16_weights:  # bf16 parameters and optimizer state: no per-step casts (not the trainer's default)
@@ -46,6 +47,11 @@ def measure(compile_decoder: bool, kd: bool, bf16_weights: bool = False) -> dict
         loss.backward()
         optimizer.step()
 
+    return model, step
+
+
+def measure(compile_decoder: bool, kd: bool, bf16_weights: bool = False) -> dict:
+    model, step = training_step(compile_decoder, kd, bf16_weights)
     for _ in range(3):
         step()
     torch.cuda.synchronize()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -48,35 +47,18 @@ def cache_parts() -> None:
 
 
 def kd_profile() -> None:
-    from benchmarks.kd_step import BATCH, SEQ, K  # noqa: F401
-    from distill_kit.training.data import Example, collate
-    from distill_kit.training.trainer import TrainConfig, Trainer, build_optimizer
+    from benchmarks.kd_step import training_step
 
-    model = llama(hidden=2048, layers=16, intermediate=5632)
-    rng = np.random.default_rng(0)
-    examples = [Example(rng.integers(0, 100352, SEQ), np.ones(SEQ, np.uint8), rng.integers(0, 100352, (SEQ - 1, K)),
-                        np.sort(rng.random((SEQ - 1, K)).astype(np.float32) * -5, -1)[:, ::-1].copy())
-                for _ in range(BATCH)]
-    config = TrainConfig(batch_size=BATCH, grad_accum=1, seed=0, token_budget=10**9, precision="bf16",
-                         ce_weight=0.8, kd_weight=0.2)
-    trainer = Trainer(model, examples, config, __import__("pathlib").Path("/tmp/p"), "cuda", 0)
-    optimizer = build_optimizer(model, config, "cuda")
-    batch = collate(examples, 0)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = trainer._micro_loss(batch, batch.target_tokens)
-        loss.backward()
-        optimizer.step()
+    model, step = training_step(compile_decoder=False, kd=True)
+    ids = torch.randint(0, 100352, (4, 2048), device="cuda")
 
     def forward_backward_only() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            hidden = model.base_model(input_ids=batch.input_ids.cuda()).last_hidden_state
+            hidden = model.base_model(input_ids=ids).last_hidden_state
         hidden.float().sum().backward()
 
     timed("kd step", step)
     timed("decoder fwd+bwd only", forward_backward_only)
-    timed("optimizer.step", optimizer.step)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
             step()
