@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill_kit._io import atomic_write_bytes, atomic_write_json
+from distill_kit._io import atomic_write_bytes
 from distill_kit.training.data import Example, collate
 from distill_kit.training.fused_head import chunked_head_loss
 from distill_kit.training.losses import KDConfig, TopKDistillationLoss, masked_cross_entropy, per_token_kd
@@ -363,8 +363,3 @@ class Trainer:
                            loss_curve=curve, train_seconds=seconds, resumed_from_step=resumed_from,
                            effective_batch_sequences=self.config.batch_size * self.config.grad_accum,
                            final_dir=str(final), mfu=mfu, mfu_note=note, tokens_per_s=tokens_per_s)
-
-
-def save_json_result(path: Path, result: TrainResult) -> None:
-    atomic_write_json(path, asdict(result))
-
