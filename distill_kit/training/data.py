@@ -70,10 +70,13 @@ class Batch:
         return int(self.target_mask.sum())
 
     def model_inputs(self, device: str) -> dict[str, Any]:
-        """Keyword arguments locating the tokens for the model: the padding mask, or for packed rows the position
-        ids from which transformers builds a block-diagonal causal mask (no attention across sequences)."""
+        """Keyword arguments locating the tokens for the model. Rows are right-padded, so under causal attention
+        a real token never sees padding: the padding mask would change only the padded positions, which no loss
+        reads. It is left out, so attention runs as plain causal (flash kernels, no [B, L, L] mask, also under
+        torch.compile). Packed rows need their position ids, from which transformers builds a block-diagonal
+        causal mask (no attention across sequences)."""
         if self.position_ids is None:
-            return {"attention_mask": self.attention_mask.to(device)}
+            return {"use_cache": False}
         return {"position_ids": self.position_ids.to(device), "attention_mask": None, "use_cache": False}
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-# loss(logits_chunk [n, V] float32, rows) -> summed (not averaged) loss of the chunk's rows
+# loss(logits_chunk [n, V] in the head's dtype, rows) -> summed (not averaged) float32 loss of the chunk's rows;
+# it does its maths in float32 itself (fused when compiled), so no float32 copy of the chunk need exist
 ChunkLoss = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
@@ -27,10 +28,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             rows = slice(start, min(start + chunk_rows, hidden.shape[0]))
             h = hidden[rows]
             with torch.enable_grad():
-                logits = (h @ weight.t()).float().requires_grad_(True)
+                logits = (h @ weight.t()).requires_grad_(True)
                 loss = loss_fn(logits, rows)
                 (grad_logits,) = torch.autograd.grad(loss, logits)
-            grad_logits = grad_logits.to(hidden.dtype)
             grad_hidden[rows] = grad_logits @ weight
             grad_weight += (grad_logits.t() @ h).float()
             total += loss.detach()

@@ -69,14 +69,43 @@ def divergence(p_log: torch.Tensor, q_log: torch.Tensor, kind: str, beta: float 
     raise ValueError(f"unknown divergence '{kind}'")
 
 
+def kd_from_logprobs(student_logprobs: torch.Tensor, topk_indices: torch.Tensor, topk_logprobs: torch.Tensor,
+                     config: KDConfig) -> torch.Tensor:
+    """The distillation term of each position from the student's log-probs at temperature T [..., V].
+    A negative teacher index is an entry with no student token (``student.vocab_mapping``): it takes no part,
+    as if absent from the top-k (its mass is outside it: ignored, renormalised away or in the tail bucket)."""
+    indices = topk_indices.long()
+    student_k = student_logprobs.gather(-1, indices.clamp(min=0))
+    teacher_k = topk_logprobs.float()
+    absent = indices < 0
+    student_k = student_k.masked_fill(absent, LOG_EPS)  # exp(LOG_EPS) is 0 in float32: the entry weighs nothing
+    teacher_k = teacher_k.masked_fill(absent, LOG_EPS)
+    p_log, q_log = supports(teacher_k, student_k, config.tail)
+    per_token = divergence(p_log, q_log, config.divergence, config.jsd_beta)
+    return per_token * config.temperature**2 if config.scale_by_temperature_squared else per_token
+
+
 def per_token_kd(student_logits: torch.Tensor, topk_indices: torch.Tensor, topk_logprobs: torch.Tensor,
                  config: KDConfig) -> torch.Tensor:
     """The distillation term of each position: student_logits [..., V], teacher top-k [..., k] -> [...]."""
     student_logprobs = F.log_softmax(student_logits.float() / config.temperature, dim=-1)
-    student_k = student_logprobs.gather(-1, topk_indices.long())
-    p_log, q_log = supports(topk_logprobs.float(), student_k, config.tail)
-    per_token = divergence(p_log, q_log, config.divergence, config.jsd_beta)
-    return per_token * config.temperature**2 if config.scale_by_temperature_squared else per_token
+    return kd_from_logprobs(student_logprobs, topk_indices, topk_logprobs, config)
+
+
+def summed_ce_and_kd(logits: torch.Tensor, labels: torch.Tensor, topk_indices: torch.Tensor | None,
+                     topk_logprobs: torch.Tensor | None, ce_weight: float, kd_weight: float,
+                     config: KDConfig) -> torch.Tensor:
+    """``ce_weight * CE + kd_weight * KD`` summed over rows of logits [N, V] (float32 maths whatever the input
+    dtype). At T = 1 both terms share one log-softmax, the costliest pass over [N, V]. Plain PyTorch, so that
+    ``torch.compile`` can fuse it into a few passes on the GPU (trainer.py) and it stays the reference on CPU."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    if ce_weight:
+        total = total - ce_weight * logprobs.gather(-1, labels[:, None]).sum()
+    if kd_weight:
+        at_t = logprobs if config.temperature == 1.0 else F.log_softmax(logits.float() / config.temperature, -1)
+        total = total + kd_weight * kd_from_logprobs(at_t, topk_indices, topk_logprobs, config).sum()
+    return total
 
 
 class TopKDistillationLoss(nn.Module):
