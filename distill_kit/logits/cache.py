@@ -1,4 +1,7 @@
-"""On-disk format of the teacher-logit cache (version 2), its writer and its reader (docs/logit-cache.md).
+"""On-disk format of the teacher-logit cache (version 2), its writer and its reader.
+
+Full description: docs/logit-cache.md; the index's JSON Schema: schemas/logit_cache_index.schema.json.
+
 
     cache/index.json                  CacheIndex: settings, codec, shards with sha256, totals, measured error
     cache/shard-00000.safetensors     tensors of a run of whole sequences:
@@ -27,9 +30,9 @@ import numpy as np
 import torch
 
 from distill_kit._io import atomic_write_json, read_json, sha256_file
-from distill_kit.logits.codec import CodecSpec, default_value_bytes, tail_logmass
+from distill_kit.logits.codec import CodecSpec, default_value_bytes, encoder, tail_logmass
 from distill_kit.logits.codec import decode as codec_decode
-from distill_kit.logits.codec import encode as codec_encode
+from distill_kit.schema import validate
 
 FORMAT = "distill-kit-logit-cache"
 VERSION = 2
@@ -82,6 +85,9 @@ class CacheIndex:
     @classmethod
     def load(cls, folder: Path) -> CacheIndex:
         data = read_json(folder / INDEX_FILE)
+        problems = validate("logit_cache_index", data)
+        if problems:
+            raise ValueError(f"{folder / INDEX_FILE} is not a logit cache index: " + "; ".join(map(str, problems[:5])))
         for derived in ("sequences", "tokens", "bytes", "bytes_per_token"):
             data.pop(derived, None)
         shards = [ShardInfo(**s) for s in data.pop("shards")]
@@ -95,16 +101,20 @@ class CacheIndex:
     def codec(self) -> CodecSpec:
         return CodecSpec(self.top_k, self.vocab_size, self.value_bytes or default_value_bytes(self.top_k))
 
-    def encode_rows(self, indices: torch.Tensor, logprobs: torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
-        """Encode [P, k] rows on their device; returns host arrays and the largest log-prob error made."""
+    def encode_on_device(self, indices: torch.Tensor, logprobs: torch.Tensor
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Encode [P, k] rows where they are (the teacher's GPU: less to copy, no host work), without waiting
+        for the device: the arrays of the shard format and the largest log-prob error made (a 0-dim tensor)."""
         if self.encoding == "float16":
             stored = logprobs.to(torch.float16)
-            error = float((stored.float() - logprobs.float()).abs().max()) if len(logprobs) else 0.0
-            return {"topk_indices": indices.to(torch.int32).cpu().numpy(), "topk_logprobs": stored.cpu().numpy()}, error
-        encoded = codec_encode(indices, logprobs, self.codec)
-        _, decoded = codec_decode(encoded, self.codec)
-        error = float((decoded - logprobs.float()).abs().max()) if len(logprobs) else 0.0
-        return {k: v.cpu().numpy() for k, v in encoded.items()}, error
+            error = (stored.float() - logprobs.float()).abs().amax() if len(logprobs) else logprobs.new_zeros(())
+            return {"topk_indices": indices.to(torch.int32), "topk_logprobs": stored}, error
+        return encoder(self.codec, indices.device)(indices, logprobs)
+
+    def encode_rows(self, indices: torch.Tensor, logprobs: torch.Tensor) -> tuple[dict[str, np.ndarray], float]:
+        """``encode_on_device``, brought to the host."""
+        encoded, error = self.encode_on_device(indices, logprobs)
+        return {k: v.cpu().numpy() for k, v in encoded.items()}, float(error)
 
     def decode_rows(self, arrays: dict[str, np.ndarray], rows: slice) -> tuple[np.ndarray, np.ndarray]:
         if self.encoding == "float16":

@@ -18,7 +18,9 @@ vectorised torch, so it runs on the teacher's GPU before the copy to the host, a
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +80,9 @@ def _unpackbits(packed: torch.Tensor, count: int) -> torch.Tensor:
 def pack_indices(indices: torch.Tensor, spec: CodecSpec) -> torch.Tensor:
     """[N, k] ints < 2**index_bits -> [N, index_bytes] uint8."""
     n = len(indices)
-    shifts = torch.arange(spec.index_bits - 1, -1, -1, device=indices.device, dtype=torch.int64)
-    bits = (indices.to(torch.int64)[..., None] >> shifts) & 1
-    padded = torch.zeros((n, spec.index_bytes * 8), dtype=torch.int64, device=indices.device)
+    shifts = torch.arange(spec.index_bits - 1, -1, -1, device=indices.device, dtype=torch.int32)
+    bits = ((indices.to(torch.int32)[..., None] >> shifts) & 1).to(torch.uint8)
+    padded = torch.zeros((n, spec.index_bytes * 8), dtype=torch.uint8, device=indices.device)
     padded[:, : spec.top_k * spec.index_bits] = bits.view(n, -1)
     return _packbits(padded)
 
@@ -91,42 +93,64 @@ def unpack_indices(packed: torch.Tensor, spec: CodecSpec) -> torch.Tensor:
     return (bits.to(torch.int64) * weights).sum(-1)
 
 
-def encode_values(logprobs: torch.Tensor, spec: CodecSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """[N, k] descending log-probs -> (header float16 [N, 2] = (top, delta), values uint8 [N, value_bytes])."""
-    n, k = logprobs.shape
+def quantise(logprobs: torch.Tensor, spec: CodecSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[N, k] descending log-probs -> (top float16 [N], delta float16 [N], steps int64 [N, k-1])."""
     lp = logprobs.to(torch.float64)
     top = lp[:, 0].to(torch.float16)
     span = (top.to(torch.float64) - lp[:, -1]).clamp(min=0.0)
     delta = (span / spec.levels).to(torch.float16)
     too_small = delta.to(torch.float64) * spec.levels < span  # float16 rounding must not shrink the range
-    delta = torch.where(too_small, torch.nextafter(delta, torch.full_like(delta, float("inf"))), delta)
+    # the next float16 up: for a positive float16 that is the next integer bit pattern (a bit-level nextafter,
+    # because compiled GPU code does float16 nextafter in float32 and the step is lost when it rounds back)
+    delta = torch.where(too_small, (delta.view(torch.int16) + 1).view(torch.float16), delta)
     delta = delta.clamp(min=6e-5)  # a flat row: any positive step
     steps = torch.round((top.to(torch.float64)[:, None] - lp[:, 1:]) / delta.to(torch.float64)[:, None])
     steps = steps.clamp(0, spec.levels).to(torch.int64)
-    steps = torch.cummax(steps, dim=1).values  # guard monotonicity against ties and rounding
-    bits = torch.zeros((n, spec.value_bits), dtype=torch.int64, device=logprobs.device)
-    if k > 1:
-        terminator = steps + torch.arange(k - 1, device=logprobs.device)  # after q_i zeros and i earlier ones
+    return top, delta, torch.cummax(steps, dim=1).values  # cummax guards monotonicity against ties, rounding
+
+
+def dequantise(top: torch.Tensor, delta: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The float32 log-probs a reader gets back from (top, delta, steps)."""
+    top, delta = top.to(torch.float32), delta.to(torch.float32)
+    return torch.cat([top[:, None], top[:, None] - steps.to(torch.float32) * delta[:, None]], dim=1)
+
+
+def _pack_steps(steps: torch.Tensor, spec: CodecSpec) -> torch.Tensor:
+    """Unary code: step increments as zeros, each value closed by a one, in a fixed ``value_bits`` budget."""
+    n = len(steps)
+    bits = torch.zeros((n, spec.value_bits), dtype=torch.uint8, device=steps.device)
+    if spec.top_k > 1:
+        terminator = steps + torch.arange(spec.top_k - 1, device=steps.device)  # after q_i zeros, i earlier ones
         bits.scatter_(1, terminator, 1)
-    return torch.stack([top, delta], dim=1), _packbits(bits)
+    return _packbits(bits)
 
 
 def decode_values(header: torch.Tensor, values: torch.Tensor, spec: CodecSpec) -> torch.Tensor:
     n, k = len(header), spec.top_k
-    top = header[:, 0].to(torch.float32)
-    delta = header[:, 1].to(torch.float32)
+    top, delta = header[:, 0], header[:, 1]
     if k == 1:
         return top[:, None]
     bits = _unpackbits(values, spec.value_bits)
     zeros_before = torch.cumsum(1 - bits, dim=1)
     steps = zeros_before.masked_select(bits.bool()).view(n, k - 1)  # each row holds exactly k-1 ones
-    return torch.cat([top[:, None], top[:, None] - steps.to(torch.float32) * delta[:, None]], dim=1)
+    return dequantise(top, delta, steps)
 
 
 def encode(indices: torch.Tensor, logprobs: torch.Tensor, spec: CodecSpec) -> dict[str, torch.Tensor]:
     """Encode on whatever device the tensors are on (the teacher's GPU: less to copy, nothing for the CPU)."""
-    header, values = encode_values(logprobs, spec)
-    return {"topk_indices_packed": pack_indices(indices, spec), "topk_header": header, "topk_values_packed": values}
+    return encode_measured(indices, logprobs, spec)[0]
+
+
+def encode_measured(indices: torch.Tensor, logprobs: torch.Tensor, spec: CodecSpec
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``encode`` plus the largest |decoded - given| log-prob error (a 0-dim tensor, no host sync), taken from the
+    quantised steps exactly as ``decode_values`` rebuilds them; the bit packing is lossless (tests/test_kd.py)."""
+    top, delta, steps = quantise(logprobs, spec)
+    error = (dequantise(top, delta, steps) - logprobs.to(torch.float32)).abs().amax() if len(logprobs) \
+        else torch.zeros((), device=logprobs.device)
+    arrays = {"topk_indices_packed": pack_indices(indices, spec), "topk_header": torch.stack([top, delta], dim=1),
+              "topk_values_packed": _pack_steps(steps, spec)}
+    return arrays, error
 
 
 def decode(arrays: dict[str, torch.Tensor], spec: CodecSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,3 +162,20 @@ def tail_logmass(logprobs: np.ndarray) -> np.ndarray:
     """log(1 - sum exp(top-k log-probs)): the teacher's mass outside the top-k, derived (not stored)."""
     mass = np.exp(logprobs.astype(np.float64)).sum(-1)
     return np.log1p(-np.minimum(mass, 1 - 1e-7)).astype(np.float32)
+
+
+@functools.cache
+def _compiled_encoder(spec: CodecSpec) -> Callable:
+    # emulate_precision_casts: round at every float16 cast as eager PyTorch does, so the error measured in the
+    # fused kernel is the error of the float16 header actually stored (tests/test_gpu.py checks both)
+    return torch.compile(lambda indices, logprobs: encode_measured(indices, logprobs, spec), dynamic=True,
+                         options={"emulate_precision_casts": True})
+
+
+def encoder(spec: CodecSpec, device: torch.device) -> Callable:
+    """``encode_measured`` for ``spec``: on a GPU compiled into a few fused kernels (eager it is ~20 small ones,
+    a few ms per batch of the teacher's time); eager on the CPU, where the kit's tiny models would wait for the
+    compiler longer than they run."""
+    if device.type != "cuda":
+        return functools.partial(encode_measured, spec=spec)
+    return _compiled_encoder(spec)

@@ -6,11 +6,9 @@ shard by shard; a killed stage resumes after its last whole shard. Tokens counte
 
 from __future__ import annotations
 
-from typing import Any
-
 from distill_kit.assets.resolve import asset_path, tokenizer_path
-from distill_kit.logits.cache import CacheIndex, CacheWriter, EncodedSequence
-from distill_kit.logits.teacher import pad_batch, split_sequences, teacher_topk
+from distill_kit.logits.cache import CacheIndex, CacheWriter
+from distill_kit.logits.teacher import cache_batches
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.training.data import load_examples
 from distill_kit.training.models import load_model, load_tokenizer
@@ -43,23 +41,18 @@ class TeacherLogitsStage:
         self.index.codec.validate()
         self.writer = CacheWriter.open(ctx.stage_dir / "cache", self.index, self.shard_tokens)
 
-    def _forward(self, batch: list[Any]) -> tuple[list[EncodedSequence], float]:
-        tokens = [e.tokens for e in batch]
-        ids, mask, _ = pad_batch(tokens, int(self.tokenizer.pad_token_id))
-        arrays, error = teacher_topk(self.model, ids, mask, self.index)
-        return split_sequences(arrays, tokens, [e.loss_mask for e in batch]), error
-
     def run(self) -> StageResult:
         # Batches are fixed slices of the data whatever the resume point, so a resumed teacher computes every
         # sequence in the same batch (same padding, same numerics) as an uninterrupted one would.
         start = self.writer.sequences_done
         first_batch = start // self.batch_size
-        batches = [(i, self.examples[i : i + self.batch_size])
-                   for i in range(first_batch * self.batch_size, len(self.examples), self.batch_size)]
+        offsets = range(first_batch * self.batch_size, len(self.examples), self.batch_size)
         if start:
             self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
-        for offset, batch in self.ctx.progress.track(batches, len(batches), "teacher: caching top-k log-probs"):
-            sequences, error = self._forward(batch)
+        batches = ([(e.tokens, e.loss_mask) for e in self.examples[i : i + self.batch_size]] for i in offsets)
+        cached = cache_batches(self.model, batches, self.index, int(self.tokenizer.pad_token_id))
+        for offset, (sequences, error) in zip(offsets, self.ctx.progress.track(
+                cached, len(offsets), "teacher: caching top-k log-probs"), strict=True):
             for position, sequence in enumerate(sequences, start=offset):
                 if position >= start:
                     self.writer.add(sequence, error)
