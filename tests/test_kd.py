@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from distill_kit.logits.cache import CacheIndex, CacheReader, CacheWriter, EncodedSequence, SequenceLogits
-from distill_kit.logits.codec import CodecSpec, decode, default_value_bytes, encode
+from distill_kit.logits.codec import CodecSpec, decode, default_value_bytes, encode, encoder
 from distill_kit.training.data import Example, collate
 from distill_kit.training.losses import KDConfig, TopKDistillationLoss
 from distill_kit.training.trainer import TrainConfig, plan_micro_batches
@@ -25,6 +25,11 @@ def reference(teacher_logits, student_logits, k, cfg: KDConfig) -> float:
     idx = np.argsort(-t_full, -1)[..., :k]
     p = np.exp(np.take_along_axis(t_full, idx, -1))
     q = np.exp(np.take_along_axis(s_full, idx, -1))
+    return float(_divergence64(p, q, cfg).mean())
+
+
+def _divergence64(p, q, cfg: KDConfig):
+    """Per-row divergence of top-k probabilities p (teacher) and q (student), tail treatment and T^2 included."""
     if cfg.tail == "renormalize":
         p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
     elif cfg.tail == "tail_bucket":
@@ -39,7 +44,7 @@ def reference(teacher_logits, student_logits, k, cfg: KDConfig) -> float:
         m = b * p + (1 - b) * q
         per = b * (p * np.log(p / m)).sum(-1) + (1 - b) * (q * np.log(q / m)).sum(-1)
     scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
-    return float(per.mean() * scale)
+    return per * scale
 
 
 # 'ignore' (un-renormalised top-k terms) is defined for forward KL only, as upstream used it.
@@ -60,6 +65,25 @@ def test_losses_match_a_dense_float64_reference(divergence, tail, temperature):
     loss = TopKDistillationLoss(cfg)(torch.tensor(student, dtype=torch.float32), indices, values,
                                      torch.ones(3, 5))
     assert float(loss) == pytest.approx(reference(teacher, student, k, cfg), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("divergence, tail", COMBINATIONS)
+def test_teacher_entries_without_a_student_token_take_no_part(divergence, tail):
+    """Index -1 (student.vocab_mapping: shared_prefix, a teacher id past the student's vocabulary): the loss is that
+    of the top-k without those entries."""
+    rng = np.random.default_rng(3)
+    cfg = KDConfig(divergence=divergence, tail=tail, jsd_beta=0.3)
+    teacher, student = rng.normal(size=(4, 40)) * 2, rng.normal(size=(4, 40)) * 2
+    t_full, s_full = log_softmax64(teacher), log_softmax64(student)
+    idx = np.argsort(-t_full, -1)[:, :6]
+    absent = rng.random(idx.shape) < 0.35
+    absent[:, 0] = False  # every row keeps an entry
+    want = np.mean([_divergence64(np.exp(t_full[r, idx[r][~absent[r]]]), np.exp(s_full[r, idx[r][~absent[r]]]), cfg)
+                    for r in range(4)])
+    indices = torch.tensor(np.where(absent, -1, idx))
+    values = torch.tensor(np.take_along_axis(t_full, idx, -1), dtype=torch.float32)
+    got = TopKDistillationLoss(cfg)(torch.tensor(student, dtype=torch.float32), indices, values, torch.ones(4))
+    assert float(got) == pytest.approx(want, rel=1e-4, abs=1e-6)
 
 
 def test_loss_is_zero_when_student_equals_teacher_and_mask_is_respected():
@@ -134,6 +158,8 @@ def test_codec_indices_exact_and_error_within_its_bound(k, vocab):
     bound = delta / 2 + (top - values[:, 0]).abs() + 1e-6
     assert bool(((got_values - values).abs() <= bound[:, None] + delta[:, None] * 0.01).all())
     assert bool((got_values[:, :-1] >= got_values[:, 1:]).all())  # still sorted
+    measured = encoder(spec, indices.device)(indices, values)[1]  # what the writer records, without decoding
+    assert float(measured) == float((got_values - values.float()).abs().max())
 
 
 def test_codec_row_size_at_k100_fits_250_bytes_per_token():
@@ -162,6 +188,24 @@ def test_cache_resumes_after_whole_shards_and_detects_corruption(tmp_path):
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="corrupt"):
+        CacheReader(tmp_path)
+
+
+def test_cache_index_follows_its_schema_and_a_broken_one_is_named(tmp_path):
+    import json
+
+    from distill_kit.schema import validate
+
+    writer = CacheWriter.open(tmp_path, _index(), shard_tokens=30)
+    for encoded, _ in _sequences(6, _index()):
+        writer.add(encoded)
+    writer.close()
+    document = json.loads((tmp_path / "index.json").read_text())
+    assert validate("logit_cache_index", document) == []
+    document["top_k"] = "four"
+    document["shards"][0]["sha256"] = "not a digest"
+    (tmp_path / "index.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"not a logit cache index: .*\$\.shards\[0\]\.sha256.*\$\.top_k"):
         CacheReader(tmp_path)
 
 
@@ -232,10 +276,59 @@ def test_chunked_head_gives_the_reference_loss_and_gradients(divergence, tail, t
     torch.testing.assert_close(results["chunked"][1], results["reference"][1], rtol=1e-5, atol=1e-7)
 
 
-def test_two_stage_topk_equals_plain_topk():
+@pytest.mark.parametrize("width, block", [(50000, 128), (100352, 256), (300, 256), (12800, 128)])
+def test_block_prefiltered_topk_equals_plain_topk(width, block):
     from distill_kit.logits.teacher import topk_rows
 
-    x = torch.randn(5, 50000)
-    values, indices = topk_rows(x, 100, block=1024, two_stage=True)
-    ref_values, ref_indices = x.topk(100, dim=-1)
-    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    x = torch.randn(6, width) * 3
+    x[0, -5:] = 50.0  # the largest entries in the tail after the last whole block
+    x[1, :] = 0.0  # every entry tied
+    x = x.to(torch.bfloat16)  # coarse values: many ties at the k-th place
+    values, indices = topk_rows(x, 100, block=block)
+    ref_values, _ = x.topk(100, dim=-1)
+    assert torch.equal(values, ref_values)
+    assert torch.equal(x.gather(1, indices), values)
+    assert all(len(set(row.tolist())) == 100 for row in indices)  # distinct columns
+
+
+def test_right_padded_rows_need_no_padding_mask():
+    """Batch.model_inputs leaves the padding mask out: real positions must get the logits they get with it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    rng = np.random.default_rng(2)
+    examples = [Example(rng.integers(1, 97, n), np.ones(n, np.uint8)) for n in (5, 11, 8)]
+    batch = collate(examples, 0)
+    with torch.no_grad():
+        masked = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        unmasked = model(input_ids=batch.input_ids, **batch.model_inputs("cpu")).logits
+    real = batch.attention_mask.bool()
+    assert "attention_mask" not in batch.model_inputs("cpu")
+    torch.testing.assert_close(unmasked[real], masked[real], rtol=1e-5, atol=1e-5)
+
+
+def test_a_teacher_vocabulary_of_another_size_is_refused_unless_mapped(tmp_path):
+    from distill_kit.stages.student import teacher_examples
+
+    index = _index()  # 300 ids
+    rng = np.random.default_rng(4)
+    writer = CacheWriter.open(tmp_path, index, shard_tokens=30)
+    for _ in range(5):
+        tokens = rng.integers(0, 200, 7)
+        indices, values = _rows(6, index.top_k, index.vocab_size, rng)
+        writer.add(EncodedSequence(tokens, np.ones(7, np.uint8), index.encode_rows(indices, values)[0]))
+    writer.close()
+    reader = CacheReader(tmp_path)
+    with pytest.raises(ValueError, match=r"\(300 ids\) differs from the student's \(250 ids\).*vocab_mapping"):
+        teacher_examples(reader, 250, None)
+    examples, unmapped = teacher_examples(reader, 250, "shared_prefix")
+    stored = np.concatenate([s.topk_indices for s in reader.sequences()])
+    assert unmapped == int((stored >= 250).sum()) > 0
+    mapped = np.concatenate([e.topk_indices for e in examples])
+    assert np.array_equal(mapped, np.where(stored >= 250, -1, stored))
+    with pytest.raises(ValueError, match=r"token id 1\d\d, past the student's vocabulary"):
+        teacher_examples(reader, 150, "shared_prefix")
+    same, none = teacher_examples(reader, 300, None)
+    assert none == 0 and np.array_equal(np.concatenate([e.topk_indices for e in same]), stored)

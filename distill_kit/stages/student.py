@@ -6,6 +6,8 @@ latest) and the final weights under ``stages/student/final``. Tokens counted: tr
 
 from __future__ import annotations
 
+import numpy as np
+
 from distill_kit.assets.resolve import asset_path, tokenizer_path
 from distill_kit.logits.cache import CacheReader
 from distill_kit.stages.base import StageContext, StageResult
@@ -14,6 +16,34 @@ from distill_kit.training.data import Example
 from distill_kit.training.models import load_model, load_tokenizer
 from distill_kit.training.threads import limit_cpu_threads
 from distill_kit.training.trainer import TrainConfig
+
+
+def teacher_examples(reader: CacheReader, student_vocab: int, vocab_mapping: str | None
+                     ) -> tuple[list[Example], int]:
+    """The cached sequences as training examples, with the teacher's top-k in the student's vocabulary; and the
+    number of top-k entries that have no student token (index -1: they take no part in the KD loss).
+
+    The run has one tokenizer, so teacher and student read the same token ids; their vocabularies can still differ
+    in size (embedding rows padded past the tokenizer). That is refused unless ``vocab_mapping: shared_prefix``
+    says ids below both sizes are the same tokens."""
+    teacher_vocab = reader.index.vocab_size
+    if teacher_vocab != student_vocab and vocab_mapping != "shared_prefix":
+        raise ValueError(f"the teacher's vocabulary ({teacher_vocab} ids) differs from the student's "
+                         f"({student_vocab} ids). If both models use the run's tokenizer and differ only in "
+                         "embedding rows past it, set student.vocab_mapping: shared_prefix (teacher ids the student "
+                         "lacks then take no part in the KD loss)")
+    examples, unmapped = [], 0
+    for sequence in reader.sequences():
+        if int(sequence.tokens.max(initial=0)) >= student_vocab:
+            raise ValueError(f"the training data holds token id {int(sequence.tokens.max())}, past the student's "
+                             f"vocabulary ({student_vocab} ids): the tokenizer does not belong to the student")
+        indices = sequence.topk_indices
+        outside = indices >= student_vocab
+        if outside.any():
+            unmapped += int(outside.sum())
+            indices = np.where(outside, -1, indices)
+        examples.append(Example(sequence.tokens, sequence.loss_mask, indices, sequence.topk_logprobs))
+    return examples, unmapped
 
 
 class StudentStage:
@@ -28,19 +58,19 @@ class StudentStage:
         self.model = load_model(asset_path(doc["models"]["student"], doc["name"]), ctx.device, "fp32")
         self.threads = limit_cpu_threads(ctx.device, self.model)
         reader = CacheReader(ctx.output_of("teacher") / "cache")
-        if reader.index.vocab_size != int(self.model.config.vocab_size):
-            raise ValueError(f"teacher vocabulary ({reader.index.vocab_size}) differs from the student's "
-                             f"({self.model.config.vocab_size}); a vocabulary mapping is needed")
         self.cache = reader.index
-        self.examples = [Example(s.tokens, s.loss_mask, s.topk_indices, s.topk_logprobs)
-                         for s in reader.sequences()]
+        self.vocab_mapping = doc.get("student", {}).get("vocab_mapping")
+        self.examples, self.unmapped_entries = teacher_examples(reader, int(self.model.config.vocab_size),
+                                                                self.vocab_mapping)
 
     def run(self) -> StageResult:
         tokens, outputs = train_student(self.ctx, self.model, self.examples, self.config, self.tokenizer,
                                         self.tokenizer_dir, self.threads)
         return StageResult(tokens=tokens, token_kind="trained_tokens", outputs={
             **outputs,
-            "teacher_cache": {"sequences": self.cache.sequences, "top_k": self.cache.top_k},
+            "teacher_cache": {"sequences": self.cache.sequences, "top_k": self.cache.top_k,
+                              "vocab_size": self.cache.vocab_size, "vocab_mapping": self.vocab_mapping,
+                              "entries_without_student_token": self.unmapped_entries},
         })
 
     def cleanup(self) -> None:
