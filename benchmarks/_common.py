@@ -83,13 +83,14 @@ def write_result(name: str, figures: dict[str, float | None], targets: dict[str,
 
 
 def llama(hidden: int, layers: int, vocab: int = 100352, heads: int | None = None, intermediate: int | None = None,
-          tied: bool = False, seq: int = 2048):
+          tied: bool = False, seq: int = 2048, kv_heads: int | None = None):
     """A randomly initialised Llama of the given shape (the kit never downloads; shapes are what matter)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     heads = heads or max(1, hidden // 64)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         num_key_value_heads=heads, intermediate_size=intermediate or int(hidden * 8 / 3) // 64 * 64,
+                         num_key_value_heads=kv_heads or heads,
+                         intermediate_size=intermediate or int(hidden * 8 / 3) // 64 * 64,
                          max_position_embeddings=seq, tie_word_embeddings=tied, attn_implementation="sdpa")
     import torch
 

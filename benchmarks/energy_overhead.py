@@ -37,10 +37,7 @@ def main() -> None:
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = trainer._micro_loss(batch, batch.target_tokens)
-            loss.backward()
-            optimizer.step()
+            trainer.train_step([batch], optimizer)
         torch.cuda.synchronize()
         return n * BATCH * SEQ / (time.perf_counter() - start)
 

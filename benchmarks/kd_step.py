@@ -23,8 +23,8 @@ from distill_kit.training.trainer import TrainConfig, Trainer, build_optimizer, 
 BATCH, SEQ, K, STEPS = 4, 2048, 100, 8
 
 
-def training_step(compile_decoder: bool, kd: bool, bf16_weights: bool = False):
-    """The kit's trainer step on a ~1.2B Llama and one random KD batch: (model, step function)."""
+def training_step(compile_decoder: bool, kd: bool, bf16_weights: bool = False, with_trainer: bool = False):
+    """The kit's trainer step on a ~1.2B Llama and one random KD batch: (model, step function[, trainer])."""
     torch.manual_seed(0)
     model = llama(hidden=2048, layers=16, intermediate=5632, seq=SEQ).cuda()
     if bf16_weights:  # bf16 parameters and optimizer state: no per-step casts (not the trainer's default)
@@ -41,13 +41,10 @@ def training_step(compile_decoder: bool, kd: bool, bf16_weights: bool = False):
     optimizer = build_optimizer(model, config, "cuda")
     batch = collate(examples, 0)
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = trainer._micro_loss(batch, batch.target_tokens)
-        loss.backward()
-        optimizer.step()
+    def step() -> None:  # the trainer's own step: forward, chunked head + loss, backward, clipping, AdamW
+        trainer.train_step([batch], optimizer)
 
-    return model, step
+    return (model, step, trainer) if with_trainer else (model, step)
 
 
 def measure(compile_decoder: bool, kd: bool, bf16_weights: bool = False) -> dict:

@@ -70,3 +70,60 @@ def test_smoke_kd_on_the_gpu_gives_counter_figures_with_a_cross_check(tmp_path):
     verified = run_cli("verify", str(bundle), "--trusted-key", f"{key}.pub")
     print(result.stdout, verified.stdout)
     assert verified.returncode == 0, verified.output
+
+
+def test_compiled_training_step_matches_the_eager_one(tmp_path):
+    """student.compile=true (compiled decoder layers and fused chunk loss) computes the eager path's loss and
+    gradients, to bf16 accuracy."""
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distill_kit.training.data import Example, collate
+    from distill_kit.training.trainer import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    examples = []
+    for n in (40, 64, 33, 57):
+        top = torch.log_softmax(torch.randn(n - 1, 512) * 2, -1).topk(16, -1)
+        examples.append(Example(rng.integers(0, 512, n), (rng.random(n) > 0.2).astype(np.uint8),
+                                top.indices.numpy(), top.values.numpy()))
+    batch = collate(examples, 0)
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256,
+                                             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)).cuda()
+        config = TrainConfig(batch_size=4, grad_accum=1, seed=0, token_budget=1000, precision="bf16",
+                             ce_weight=0.5, kd_weight=0.5, compile=compiled, head_chunk_rows=100)
+        trainer = Trainer(model, examples, config, tmp_path / str(compiled), "cuda", 0)
+        loss, _ = trainer._micro_loss(batch, batch.target_tokens)
+        loss.backward()
+        results[compiled] = (float(loss.detach()), torch.cat([p.grad.flatten().float() for p in model.parameters()]))
+    assert results[True][0] == pytest.approx(results[False][0], rel=2e-3)
+    assert torch.nn.functional.cosine_similarity(results[True][1], results[False][1], dim=0) > 0.999
+
+
+def test_cache_rows_encoded_on_the_gpu_are_those_encoded_on_the_cpu():
+    """The teacher encodes on its GPU with compiled kernels, a reader decodes on the CPU: the same bytes as an
+    encoding on the CPU, and the error the writer records is the error the reader gets."""
+    from distill_kit.logits.codec import CodecSpec, decode, default_value_bytes, encoder
+    from distill_kit.logits.teacher import topk_rows
+
+    logits = (torch.randn(300, 100352, device="cuda") * 4).to(torch.bfloat16)
+    values, indices = topk_rows(logits, 100)
+    assert torch.equal(values, logits.topk(100, dim=-1).values)
+    logprobs = values.float() - torch.logsumexp(logits.float(), -1, keepdim=True)
+    spec = CodecSpec(100, 100352, default_value_bytes(100))
+    on_gpu, gpu_error = encoder(spec, logprobs.device)(indices, logprobs)
+    on_cpu, cpu_error = encoder(spec, torch.device("cpu"))(indices.cpu(), logprobs.cpu())
+    got_indices, got_values = decode({name: t.cpu() for name, t in on_gpu.items()}, spec)
+    decoded_error = float((got_values - logprobs.cpu()).abs().max())
+    facts = {"indices exact": bool(torch.equal(got_indices, indices.cpu())), "decoded error": decoded_error,
+             "recorded error": float(gpu_error), "cpu-encoded error": float(cpu_error),
+             "rows whose header differs from the CPU's":
+                 float((on_gpu["topk_header"].cpu() != on_cpu["topk_header"]).any(1).float().mean())}
+    print(facts)
+    assert facts["indices exact"], facts
+    assert decoded_error == pytest.approx(float(gpu_error), rel=1e-5, abs=1e-5), facts  # GPU may fuse a*b+c
+    for name, array in on_cpu.items():  # and the bytes are the CPU's: a cache does not depend on where it was made
+        assert torch.equal(on_gpu[name].cpu(), array), (name, facts)
