@@ -75,6 +75,9 @@ def test_token_budget_is_met_exactly(finished_run):
     student = read_json(finished_run / "stages" / "student" / "summary.json")
     assert student["tokens"] == 200000 and student["token_kind"] == "trained_tokens"
     assert student["outputs"]["trained_tokens"] == 200000
+    # and the summary says how it was computed (smoke-kd: eager, chunked head, no bf16 on the CPU)
+    assert student["outputs"]["compute_path"] == {"compile": False, "head": "chunked", "bf16_autocast": False}
+    assert student["outputs"]["teacher_cache"]["entries_without_student_token"] == 0
 
 
 def test_a_finished_run_directory_is_never_overwritten(finished_run):

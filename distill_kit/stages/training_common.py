@@ -38,5 +38,7 @@ def train_student(ctx: StageContext, model: Any, examples: list, config: TrainCo
         "tokens_per_s_this_attempt": result.tokens_per_s,
         "mfu": result.mfu,
         "mfu_note": result.mfu_note,
+        "compute_path": {"compile": config.compile, "head": "chunked" if trainer.chunked else "reference",
+                         "bf16_autocast": trainer.use_bf16},
         "cpu_threads": cpu_threads,
     }
