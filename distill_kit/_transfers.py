@@ -30,9 +30,9 @@ class HostCopies:
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self._host = {name: to_host_async(t) for name, t in tensors.items()}
-        on_gpu = any(t.device.type == "cuda" for t in tensors.values())
-        self._done = torch.cuda.Event() if on_gpu else None
-        if self._done is not None:
+        self._done = None
+        if any(t.device.type == "cuda" for t in tensors.values()):
+            self._done = torch.cuda.Event()
             self._done.record()
 
     def wait(self) -> dict[str, torch.Tensor]:

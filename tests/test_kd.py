@@ -120,6 +120,14 @@ def _sequences(n: int, index: CacheIndex, seed: int = 0) -> list[tuple[EncodedSe
     return out
 
 
+def _write_cache(folder, sequences: list[EncodedSequence], shard_tokens: int = 30) -> CacheIndex:
+    """A complete cache of ``sequences`` (encoded with ``_index()``'s settings) in ``folder``."""
+    writer = CacheWriter.open(folder, _index(), shard_tokens=shard_tokens)
+    for sequence in sequences:
+        writer.add(sequence)
+    return writer.close()
+
+
 def _index(encoding: str = "packed") -> CacheIndex:
     return CacheIndex(top_k=4, temperature=1.0, vocab_size=300, encoding=encoding)
 
@@ -196,10 +204,7 @@ def test_cache_index_follows_its_schema_and_a_broken_one_is_named(tmp_path):
 
     from distill_kit.schema import validate
 
-    writer = CacheWriter.open(tmp_path, _index(), shard_tokens=30)
-    for encoded, _ in _sequences(6, _index()):
-        writer.add(encoded)
-    writer.close()
+    _write_cache(tmp_path, [encoded for encoded, _ in _sequences(6, _index())])
     document = json.loads((tmp_path / "index.json").read_text())
     assert validate("logit_cache_index", document) == []
     document["top_k"] = "four"
@@ -210,10 +215,7 @@ def test_cache_index_follows_its_schema_and_a_broken_one_is_named(tmp_path):
 
 
 def test_a_cache_with_other_settings_is_started_afresh(tmp_path):
-    writer = CacheWriter.open(tmp_path, _index(), shard_tokens=10)
-    for encoded, _ in _sequences(5, _index()):
-        writer.add(encoded)
-    writer.close()
+    _write_cache(tmp_path, [encoded for encoded, _ in _sequences(5, _index())], shard_tokens=10)
     other = CacheWriter.open(tmp_path, CacheIndex(top_k=4, temperature=2.0, vocab_size=300), shard_tokens=10)
     assert other.sequences_done == 0 and not list(tmp_path.glob("shard-*"))
     other.abort()
@@ -314,12 +316,12 @@ def test_a_teacher_vocabulary_of_another_size_is_refused_unless_mapped(tmp_path)
 
     index = _index()  # 300 ids
     rng = np.random.default_rng(4)
-    writer = CacheWriter.open(tmp_path, index, shard_tokens=30)
+    sequences = []
     for _ in range(5):
-        tokens = rng.integers(0, 200, 7)
         indices, values = _rows(6, index.top_k, index.vocab_size, rng)
-        writer.add(EncodedSequence(tokens, np.ones(7, np.uint8), index.encode_rows(indices, values)[0]))
-    writer.close()
+        sequences.append(EncodedSequence(rng.integers(0, 200, 7), np.ones(7, np.uint8),
+                                         index.encode_rows(indices, values)[0]))
+    _write_cache(tmp_path, sequences)
     reader = CacheReader(tmp_path)
     with pytest.raises(ValueError, match=r"\(300 ids\) differs from the student's \(250 ids\).*vocab_mapping"):
         teacher_examples(reader, 250, None)

@@ -2,7 +2,6 @@
 
 Full description: docs/logit-cache.md; the index's JSON Schema: schemas/logit_cache_index.schema.json.
 
-
     cache/index.json                  CacheIndex: settings, codec, shards with sha256, totals, measured error
     cache/shard-00000.safetensors     tensors of a run of whole sequences:
         tokens        int32 [T]        token ids, concatenated; bit 31 set where the token is a training
