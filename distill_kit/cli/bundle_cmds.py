@@ -22,6 +22,16 @@ def _passphrase(env_var: str | None) -> bytes | None:
     return value.encode()
 
 
+def _verdict(report) -> str:  # type: ignore[no-untyped-def]
+    """The closing line: a bundle no trusted key signed is intact, not verified as coming from anyone."""
+    if not report.ok:
+        return "[bold red]NOT verified[/bold red]"
+    trusted = next((r for r in report.results if r.name == "trusted-key"), None)
+    if trusted is not None and trusted.status != "PASS":
+        return "[yellow]intact but signer not trusted[/yellow] (pass --trusted-key or --keyring to verify who signed)"
+    return "[green]verified[/green]"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def bundle(
@@ -83,6 +93,9 @@ def register(app: typer.Typer) -> None:
 
         if not bundle_path.exists():
             raise InvalidInput(f"{bundle_path}: no such file")
+        if bundle_path.is_dir():
+            raise InvalidInput(f"{bundle_path} is a directory: verify takes a bundle (.tar) made by "
+                               "`distill-kit bundle RUN_DIR --out BUNDLE`")
         for path in [*trusted_key, *([keyring] if keyring else [])]:
             if not path.is_file():
                 raise InvalidInput(f"{path}: no such key file")
@@ -94,6 +107,6 @@ def register(app: typer.Typer) -> None:
             for result in report.results:
                 style = STATUS_STYLE[result.status]
                 console.print(f"[{style}][{result.status}][/{style}] {result.name}: {escape(result.reason)}")
-            verdict = "[green]verified[/green]" if report.ok else "[bold red]NOT verified[/bold red]"
+            verdict = _verdict(report)
             console.print(f"{verdict}: {bundle_path} (verifier {report.verifier_version})")
         return 0 if report.ok else EXIT_FAILED
