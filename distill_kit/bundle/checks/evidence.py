@@ -89,6 +89,11 @@ def _sensors(stage: str, summary: dict[str, Any], trace: Any, fingerprint: dict[
     if sampled_rapl and not rapl["readable"]:
         found.fail.append(f"{stage}: RAPL samples in the trace on a machine whose fingerprint says RAPL is not "
                           f"readable (got {', '.join(sampled_rapl)}, expected none)")
+    unsampled = sorted(z for z in zones if f"rapl_{z}_uj" not in sampled_rapl)
+    if rapl["readable"] and trace.rows and unsampled:  # the sampler reads every readable zone with every sample
+        found.fail.append(f"{stage}: RAPL is readable by the fingerprint but its zones were never sampled (got "
+                          f"{', '.join(sampled_rapl) or 'no RAPL column'}, expected "
+                          f"{', '.join(f'rapl_{z}_uj' for z in unsampled)})")
 
 
 def _gpu_columns(trace: Any) -> set[int]:
