@@ -452,3 +452,29 @@ def test_the_runner_records_what_a_stage_ran_on() -> None:
     teacher, student = record["models"]["teacher"], record["models"]["student"]
     assert teacher["parameters"] > student["parameters"] > student["embedding_parameters"] > 0
     assert student["layers"] and student["hidden"] and student["vocab"]
+
+
+def test_a_relabelled_method_without_raw_counters_does_not_recompute(copy_of: Any, keys: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    """The method is derived from what the raw data holds (counter edges -> counter, samples -> integrated,
+    a CodeCarbon record -> estimate): relabelling the figures alone, stage and run totals re-derived, fails."""
+    run = copy_of("local")
+
+    def relabel(_: str, s: dict[str, Any]) -> None:
+        for record in s["attempts"]:
+            if record["energy"]["cpu"]["method"] == "estimate":
+                record["energy"]["cpu"]["method"] = "counter"
+
+    edit_summaries(run, relabel)
+    stages = []
+    for name in STAGES:
+        s = _read(run / "stages" / name / "summary.json")
+        again = stage_summary(name, s["kind"], s["status"], s["attempts"], s["tokens"], s["token_kind"],
+                              s["outputs"], s["idle_power_w"], s["trace"])
+        _json(run / "stages" / name / "summary.json", again)
+        stages.append(again)
+    resolved, old = _read(run / "manifest.resolved.json"), _read(run / "summary.json")
+    _json(run / "summary.json", run_summary(resolved, manifest_sha256(resolved), stages, old["status"],
+                                            old["started_at"], old["ended_at"]))
+    report = verify(run, keys, tmp_path / "b.tar")
+    assert "teacher attempt 1: .energy.cpu.method (got 'counter', expected 'estimate')" in failed(report)["accounting"]
