@@ -478,3 +478,20 @@ def test_a_relabelled_method_without_raw_counters_does_not_recompute(copy_of: An
                                             old["started_at"], old["ended_at"]))
     report = verify(run, keys, tmp_path / "b.tar")
     assert "teacher attempt 1: .energy.cpu.method (got 'counter', expected 'estimate')" in failed(report)["accounting"]
+
+
+def test_a_shrunken_model_shape_to_make_room_in_the_flop_bound(copy_of: Any, keys: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    """Recording a 100x smaller student (so that 50x the tokens fit the peak) contradicts the manifest's 1 B."""
+    run = copy_of("gpu")
+
+    def shrink(_: str, s: dict[str, Any]) -> None:
+        s["outputs"]["compute"] = copy.deepcopy(s["outputs"]["compute"])
+        s["outputs"]["compute"]["models"]["student"]["parameters"] //= 100
+        s["outputs"]["compute"]["models"]["student"]["embedding_parameters"] //= 100
+
+    edit_summaries(run, shrink)
+    rederive(run)
+    assert_forged(verify(run, keys, tmp_path / "b.tar"), "physics",
+                  "student: the recorded student shape does not fit the model the manifest names "
+                  "(allenai/OLMo-2-0425-1B) (got 14,849,167 parameters, expected about 1 B)")

@@ -36,8 +36,7 @@ def _compute(stage: str, summary: dict[str, Any], fingerprint: dict[str, Any], f
     """(1) the stage's recorded device and torch build against the fingerprint; returns the device."""
     record = summary["outputs"].get("compute")
     if not isinstance(record, dict):
-        if summary["kind"] != "prerun" or summary["status"] == "finished":
-            found.once("stages record no compute device (older kit): devices checked from traces only")
+        found.once("stages record no compute device (older kit): devices checked from traces only")
         return None
     device, gpus, torch = record.get("device"), fingerprint["gpus"], fingerprint["torch"]
     if device == "cuda" and not gpus:

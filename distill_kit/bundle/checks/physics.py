@@ -24,8 +24,13 @@ from distill_kit.errors import VerificationError
 
 LIMIT_MARGIN = 1.10  # as plausibility: limits hold for 1 s averages, within 10%
 MIN_WINDOW_S = 2.0  # the NVML counter advances about every 100 ms: shorter windows are not held to the floor
+PARAMS_B_BAND = (0.5, 2.0)  # the manifest's params_b is a rounded size (OLMo-2-0425-1B: 1.48 B parameters)
 FLOPS_PER_TOKEN = {"teacher_logits": ("teacher", 2.0), "teacher_generation": ("teacher", 2.0),
                    "kd": ("student", 6.0), "sft": ("student", 6.0)}
+
+
+class ShapeMismatch(Exception):
+    """A recorded model shape far from the size the manifest states for the model."""
 
 
 @dataclass
@@ -163,17 +168,26 @@ def stage_flops(summary: dict[str, Any], models: dict[str, Any] | None = None) -
     if rule is None or not summary["tokens"]:
         return None, "no model FLOPs counted for this kind of stage"
     role, factor = rule
-    shape = _builtin_shape((models or {}).get(role)) or \
-        ((summary["outputs"].get("compute") or {}).get("models") or {}).get(role)
+    ref = (models or {}).get(role) or {}
+    shape = _builtin_shape(ref) or ((summary["outputs"].get("compute") or {}).get("models") or {}).get(role)
     if not isinstance(shape, dict) or not isinstance(shape.get("parameters"), int):
         return None, f"the {role} model's shape is not recorded"
+    stated = ref.get("params_b")
+    if stated and not PARAMS_B_BAND[0] <= shape["parameters"] / (stated * 1e9) <= PARAMS_B_BAND[1]:
+        raise ShapeMismatch(f"{summary['stage']}: the recorded {role} shape does not fit the model the manifest "
+                            f"names ({ref.get('id')}) (got {shape['parameters']:,} parameters, expected about "
+                            f"{stated:g} B)")
     matmul = shape["parameters"] - int(shape.get("embedding_parameters") or 0)
     return factor * matmul * summary["tokens"], f"{factor:g} x {matmul:,} x {summary['tokens']:,} tokens"
 
 
 def _speed(summary: dict[str, Any], models: dict[str, Any], machine: _Machine, found: _Found) -> None:
     """(5) and (6): time and GPU energy at least what the FLOPs need at the devices' peak and best efficiency."""
-    flops, how = stage_flops(summary, models)
+    try:
+        flops, how = stage_flops(summary, models)
+    except ShapeMismatch as err:
+        found.fail.append(str(err))
+        return
     stage = summary["stage"]
     if flops is None:
         if summary["kind"] in FLOPS_PER_TOKEN and summary["tokens"]:
