@@ -49,7 +49,14 @@ COLUMNS = ["t", "attempt", "cpu_util_pct", "ram_used_mib", "gpu0_power_w", "gpu0
            "gpu0_mem_mib", "gpu0_sm_mhz", "gpu0_temp_c", "rapl_package-0_uj", "rapl_dram_uj", "error"]
 CHECK_NAMES = ["archive", "required-files", "integrity", "signature", "trusted-key", "schemas", "identity",
                "artifacts", "accounting", "time", "plausibility", "hardware", "containerised", "evaluation",
-               "measurement"]
+               "measurement", "physics", "evidence"]
+# What the runner records of each stage's device and models (runner/evidence.compute_record): the manifest's
+# OLMo-2 32B teacher and 1B student, on the fingerprint's H100.
+COMPUTE = {"device": "cuda", "torch": "2.13.0", "torch_cuda": "12.8", "gpu_names": ["NVIDIA H100 80GB HBM3"],
+           "models": {"teacher": {"parameters": 32_234_311_680, "embedding_parameters": 513_802_240, "layers": 64,
+                                  "hidden": 5120, "vocab": 100_352},
+                      "student": {"parameters": 1_484_916_736, "embedding_parameters": 205_520_896, "layers": 16,
+                                  "hidden": 2048, "vocab": 100_352}}}
 
 
 # -- a synthetic, consistent, finished run -------------------------------------------------------------------
@@ -143,17 +150,21 @@ def _json(path: Path, document: Any) -> None:
 def _fingerprint(containerised: bool) -> dict[str, Any]:
     return {
         "schema_version": 1,
-        "kit": {"version": "0.1.0", "git_commit": "0" * 40, "git_dirty": False, "source": "git checkout"},
+        "kit": {"version": "0.1.0", "git_commit": "0" * 40, "git_dirty": False,
+                "source": "image" if containerised else "git checkout"},
         "python": {"version": "3.11.9", "implementation": "CPython", "executable": "/usr/bin/python3"},
         "os": {"system": "Linux", "release": "6.8.0", "machine": "x86_64", "libc": "glibc-2.39"},
-        "cpu": {"model": "Test CPU", "logical_cores": 16}, "memory_gib": 125.7,
+        "cpu": {"model": "Test CPU", "logical_cores": 16, "flags": ["avx", "avx2", "fma", "avx512f"],
+                "max_mhz": 3800.0}, "memory_gib": 125.7,
         "gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-00000000", "memory_gib": 79.65,
-                  "power_limit_w": 700.0, "energy_counter": True, "instant_power": True, "driver": "570.86"}],
+                  "power_limit_w": 700.0, "energy_counter": True, "instant_power": True, "driver": "570.86",
+                  "pci_device_id": "0x2330"}],
         "gpu_reason": None, "cuda_visible_devices": "0",
         "rapl": {"readable": True, "zones": ["package-0", "dram"]},
         "torch": {"available": True, "version": "2.13.0", "cuda": "12.8"},
         "packages": {"torch": "2.13.0", "cryptography": "46.0.0"},
         "container": {"inside": containerised, "runtime": "docker" if containerised else "local",
+                      "host_is_container": containerised,
                       "image": "distill-kit:0.1.0" if containerised else None, "image_id": None,
                       "image_digest": ("sha256:" + "ab" * 32) if containerised else None},
     }
@@ -247,7 +258,9 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
     journal.add(T0 + 46.0, "stage_finished", "student", attempt=2)
     summaries.append(stage_summary("student", "kd", "finished", [first, second], 150_000, "trained_tokens",
                                    {"final": {"path": "final", "weights_sha256": hashlib.sha256(weights).hexdigest()},
-                                    "steps": 100}, idle_power,
+                                    "steps": 100, "trained_tokens": 150_000, "input_tokens": 210_000,
+                                    "effective_batch": {"sequences": 64, "batch_size": 4, "grad_accum": 16},
+                                    "token_budget": None}, idle_power,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
     # eval: one nested window per (model, task)
@@ -268,6 +281,7 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
     for summary in summaries:
+        summary["outputs"]["compute"] = COMPUTE
         _json(run / "stages" / summary["stage"] / "summary.json", summary)
     _json(run / "summary.json", run_summary(resolved, manifest.sha256, summaries, "finished",
                                             journal.entries[0]["at"], iso(T0 + 57.2)))

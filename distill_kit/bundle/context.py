@@ -43,7 +43,14 @@ def keep_member(name: str) -> bool:
     if len(parts) == 1:
         return parts[0] in RUN_FILES
     return (len(parts) == 3 and parts[0] == "stages" and parts[2] in STAGE_FILES) or \
-        (len(parts) == 4 and parts[0] == "stages" and parts[2] == "cache" and parts[3] == "index.json")
+        (len(parts) == 4 and parts[0] == "stages" and parts[2] == "cache" and parts[3] == "index.json") or \
+        is_lm_eval_result(parts)
+
+
+def is_lm_eval_result(parts: list[str]) -> bool:
+    """stages/<stage>/lm_eval/<model>/<task>/<task>_<time>.json: lm-eval's own results (its device, its env)."""
+    return (len(parts) == 6 and parts[0] == "stages" and parts[2] == "lm_eval" and parts[5].endswith(".json")
+            and not parts[5].startswith("samples_"))
 
 
 def stage_member(stage: str, file: str) -> str:

@@ -74,6 +74,7 @@ class GpuInfo:
     has_energy_counter: bool
     has_instant_power: bool
     driver: str
+    pci_device_id: str | None = None  # e.g. "0x2330" (NVIDIA's PCI device id: the board, whatever its name says)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class NvmlGpus:
                     lambda h=handle: pynvml.nvmlDeviceGetTotalEnergyConsumption(h)) is not None,
                 has_instant_power=_instant_power_w(handle) is not None,
                 driver=driver,
+                pci_device_id=_optional(lambda h=handle: f"0x{pynvml.nvmlDeviceGetPciInfo(h).pciDeviceId >> 16:04x}"),
             ))
         return result
 

@@ -33,6 +33,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve", "sve2")
+
+
+def _cpu_flags() -> list[str] | None:
+    """The vector-ISA flags of /proc/cpuinfo (x86 ``flags``, Arm ``Features``) that bound the CPU's FLOP/s."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in present]
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_max_mhz() -> float | None:
+    """The highest clock any core may reach (cpufreq; virtual machines often hide it: None)."""
+    try:
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
 def _memory_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -112,7 +135,7 @@ def _gpus() -> tuple[list[dict[str, Any]], str | None]:
     return [
         {"index": g.index, "name": g.name, "uuid": g.uuid, "memory_gib": round(g.memory_mib / 1024, 2),
          "power_limit_w": g.power_limit_w, "energy_counter": g.has_energy_counter,
-         "instant_power": g.has_instant_power, "driver": g.driver}
+         "instant_power": g.has_instant_power, "driver": g.driver, "pci_device_id": g.pci_device_id}
         for g in gpus.gpus
     ], None
 
@@ -133,7 +156,8 @@ def collect_fingerprint(runtime: str = "local", with_torch: bool = True) -> dict
                    "executable": sys.executable},
         "os": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
                "libc": "-".join(platform.libc_ver()) or None},
-        "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count()},
+        "cpu": {"model": _cpu_model(), "logical_cores": os.cpu_count(), "flags": _cpu_flags(),
+                "max_mhz": _cpu_max_mhz()},
         "memory_gib": _memory_gib(),
         "gpus": gpus,
         "gpu_reason": gpu_reason,

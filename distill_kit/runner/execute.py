@@ -18,6 +18,7 @@ from distill_kit.energy.meter import AttemptRecord, EnergyMeter, iso
 from distill_kit.energy.trace import read_trace, render_trace
 from distill_kit.errors import StageFailed
 from distill_kit.manifest import ResolvedManifest
+from distill_kit.runner.evidence import compute_record
 from distill_kit.runner.plan import PlannedStage, plan
 from distill_kit.runner.rundir import RunDir
 from distill_kit.runner.summaries import run_summary, stage_summary
@@ -146,6 +147,7 @@ class Runner:
         attempts.append(record.to_dict())
         status = "finished" if error is None else "failed"
         outputs = result.outputs if result else {"error": f"{type(error).__name__}: {error}"}
+        outputs = {**outputs, "compute": compute_record(device, self.manifest.document)}
         summary = stage_summary(name, planned.kind, status, attempts, result.tokens if result else 0,
                                 result.token_kind if result else "none", outputs,
                                 None if planned.kind == "prerun" else self._idle_power(), trace)

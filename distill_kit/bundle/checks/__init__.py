@@ -12,7 +12,9 @@ from typing import Protocol
 from distill_kit.bundle.checks.accounting import Accounting
 from distill_kit.bundle.checks.archive import Archive, RequiredFiles
 from distill_kit.bundle.checks.documents import Artifacts, Identity, Schemas
+from distill_kit.bundle.checks.evidence import Evidence
 from distill_kit.bundle.checks.machine import Containerised, Evaluation, Hardware, Measurement, Plausibility
+from distill_kit.bundle.checks.physics import Physics
 from distill_kit.bundle.checks.signing import Integrity, SignatureCheck, TrustedKeyCheck
 from distill_kit.bundle.checks.timeline import Time
 from distill_kit.bundle.context import VerifyContext, Warn
@@ -40,6 +42,8 @@ CHECKS: tuple[Check, ...] = (
     Containerised(),
     Evaluation(),
     Measurement(),
+    Physics(),
+    Evidence(),
 )
 
 __all__ = ["CHECKS", "Check"]

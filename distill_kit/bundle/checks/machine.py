@@ -101,8 +101,9 @@ class Plausibility:
         limit_total = sum(limits.values()) if limits else None
         for a in summary["attempts"]:
             label = f"{stage} attempt {a['attempt']}"
-            if a["coverage"] < MIN_COVERAGE:
-                found.warn.append(f"{label}: sampling coverage {a['coverage']:.0%} (expected >= {MIN_COVERAGE:.0%})")
+            if a["coverage"] < MIN_COVERAGE:  # a thinned trace can hide what the figures would show: FAIL
+                found.fail.append(f"{label}: sampling coverage (got {a['coverage']:.0%}, expected >= "
+                                  f"{MIN_COVERAGE:.0%})")
             for domain, figure in a["energy"].items():
                 if figure["energy_j"] is not None and figure["energy_j"] < 0:
                     found.fail.append(f"{label}: negative {domain} energy (got {figure['energy_j']} J)")
@@ -176,15 +177,43 @@ class Hardware:
         return f"{len(gpus)} GPU(s) meet the manifest's requirements ({', '.join(sorted({g['name'] for g in gpus}))})"
 
 
+CONTAINER_RUNTIMES = ("docker", "apptainer")
+
+
+def container_evidence(fingerprint: dict[str, Any]) -> list[str]:
+    """What a run inside the kit's image records and this fingerprint lacks: the runtime that started it, the
+    image's id or digest (the runtime passes them in), the kit installed from the image (its build writes
+    _build_info.json: source "image"), and a container marker file (/.dockerenv, /run/.containerenv) when one
+    was looked for."""
+    container = fingerprint["container"]
+    missing = []
+    if container["runtime"] not in CONTAINER_RUNTIMES:
+        missing.append(f"runtime (got {container['runtime']!r}, expected one of {', '.join(CONTAINER_RUNTIMES)})")
+    if not (container.get("image_digest") or container.get("image_id")):
+        missing.append("image (got no image digest or id, expected the one the runtime records)")
+    if fingerprint["kit"].get("source") != "image":
+        missing.append(f"kit source (got {fingerprint['kit'].get('source')!r}, expected 'image': the kit "
+                       "installed in the image)")
+    if container.get("runtime") == "docker" and container.get("host_is_container") is False:
+        missing.append("container marker (got no /.dockerenv, expected one in a Docker container)")
+    return missing
+
+
 class Containerised:
-    """The run executed inside the kit's container (a local run is reported, not failed)."""
+    """The run executed inside the kit's container (a local run is reported, not failed; a claim the recorded
+    runtime, image and kit source do not support fails)."""
 
     name = "containerised"
 
     def check(self, ctx: VerifyContext) -> str | Warn:
-        container = ctx.fingerprint()["container"]
+        fingerprint = ctx.fingerprint()
+        container = fingerprint["container"]
         if not container["inside"]:
             return Warn(f"run was not containerised (runtime {container['runtime']})")
+        unsupported = container_evidence(fingerprint)
+        if unsupported:
+            raise VerificationError("containerised is claimed but the evidence does not support it: "
+                                    + "; ".join(unsupported))
         image = container.get("image_digest") or container.get("image") or "image digest not recorded"
         return f"run inside a container ({image})"
 
