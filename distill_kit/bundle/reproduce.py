@@ -108,7 +108,8 @@ def _settings(manifest: dict[str, Any], out_dir: Path) -> Any:
         max_new_tokens=settings.get("max_new_tokens"),
         data_dir=asset_path(eval_ref, manifest["name"]) if eval_ref else None,
         data_mode=settings.get("data", "hub"), dataset_overrides=settings.get("datasets", {}),
-        manifest_name=manifest["name"], out_dir=out_dir, dtype=settings.get("dtype", "auto"), max_length=settings.get("max_length"),
+        manifest_name=manifest["name"], out_dir=out_dir, dtype=settings.get("dtype", "auto"),
+        max_length=settings.get("max_length"),
         olmes_tasks=settings.get("olmes_tasks", []), mt_bench_101_prompts=settings.get("mt_bench_101_prompts"))
 
 
