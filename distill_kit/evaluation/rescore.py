@@ -14,8 +14,8 @@ What each task's score is recomputed from (the records are the eval stage's ``sa
   per question, the mean over all questions (lm-eval's group mean weighted by subject size);
 - ifeval: the instruction checkers are not re-run (importing them needs nltk's punkt data and takes seconds): the
   prompt-level flags are recomputed from the per-instruction results (all followed), the score is their mean;
-- mt_bench_101: the kit's :func:`distill_kit.evaluation.mt_bench_101.aggregate` (min per dialogue, mean per task,
-  mean over tasks) over the judge's per-turn ratings;
+- mt_bench_101: each turn's rating re-read from the judge's text (the kit's ``parse_score``), then the kit's
+  :func:`distill_kit.evaluation.mt_bench_101.aggregate` (min per dialogue, mean per task, mean over tasks);
 - alpaca_eval: the win rate from the judge's preferences; the length-controlled win rate through alpaca_eval's own
   ``get_length_controlled_winrate`` when the GLM's regularisation data is given, else the mean of the per-sample GLM
   preferences (said in ``method``).
@@ -140,9 +140,10 @@ def _ifeval(records: list[dict[str, Any]], evidence: Evidence) -> Rescored:
 def _mt_bench_101(records: list[dict[str, Any]], evidence: Evidence) -> Rescored:
     from distill_kit.evaluation.mt_bench_101 import aggregate, parse_score
 
-    disagreements = [sample_id(r, i) for i, r in enumerate(records)
-                     if "judgement" in r and parse_score(str(r["judgement"])) != r["score"]]
-    overall, _ = aggregate(records)
+    rescored = [{**r, "score": parse_score(str(r["judgement"]))} for r in records]  # the judge's text, re-read
+    disagreements = [sample_id(r, i) for i, (r, fresh) in enumerate(zip(records, rescored, strict=True))
+                     if fresh["score"] != r["score"]]
+    overall, _ = aggregate(rescored)
     return Rescored(overall, len(records), "the kit's MT-Bench-101 aggregation (min per dialogue) of the judge's "
                                            "ratings", disagreements)
 
@@ -155,8 +156,9 @@ def _alpaca_eval(records: list[dict[str, Any]], evidence: Evidence) -> Rescored:
                         "not re-fit)")
     import pandas as pd
 
-    from distill_kit.evaluation.alpaca_eval2 import ANNOTATOR, BASELINE, _lc_winrate
+    from distill_kit.evaluation.alpaca_eval2 import ANNOTATOR, BASELINE, _import_alpaca_eval, _lc_winrate
 
+    _import_alpaca_eval()
     frame = pd.DataFrame({"instruction": [r["instruction"] for r in records],
                           "output_1": [r["reference_output"] for r in records],
                           "output_2": [r["output"] for r in records], "generator_1": BASELINE,

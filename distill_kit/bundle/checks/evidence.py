@@ -4,6 +4,7 @@ reports, its per-sample records, the lm-eval task config it ran with, lm-eval's 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,3 +119,25 @@ def derive_full(ctx: VerifyContext, item: TaskEvidence) -> tuple[bool, str]:
     if item.detail.get("data") == "fixtures" or _data_digests(ctx, item.stage, task) & fixture_digests():
         return False, "run on the kit's fixture data"
     return True, f"{count:,} {size.unit} ({size.source})"
+
+
+_TIMESTAMPED = re.compile(r"^samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T[0-9.\-]+\.jsonl$")
+
+
+def lm_eval_samples(ctx: VerifyContext, stage: str, model: str, task: str) -> list[tuple[str, dict[str, Any]]] | None:
+    """lm-eval's own per-sample rows for (model, task), each with its lm-eval task name (mmlu: one per subject);
+    None when the bundle holds no samples file for it."""
+    prefix = stage_member(stage, f"lm_eval/{model}/{task}/")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    found = False
+    for name in sorted(n for n in ctx.members if n.startswith(prefix)):
+        match = _TIMESTAMPED.match(name[len(prefix):])
+        if not match:
+            continue
+        found = True
+        try:
+            lines = ctx.data(name).decode("utf-8").splitlines()
+            rows += [(match["task"], json.loads(line)) for line in lines if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise VerificationError(f"{name} is not JSON lines: {err}") from err
+    return rows if found else None

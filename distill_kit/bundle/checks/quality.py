@@ -13,10 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from distill_kit.bundle.checks.evidence import TaskEvidence, eval_stages, lm_eval_config, lm_eval_results, task_evidence
+from distill_kit.bundle.checks.evidence import (
+    TaskEvidence,
+    eval_stages,
+    lm_eval_config,
+    lm_eval_results,
+    lm_eval_samples,
+    task_evidence,
+)
 from distill_kit.bundle.context import VerifyContext, Warn, listing, stage_member
 from distill_kit.errors import VerificationError
-from distill_kit.evaluation.rescore import RESCORERS, Evidence, Rescored, agrees, rescore
+from distill_kit.evaluation.rescore import RESCORERS, Evidence, Rescored, agrees, rescore, sample_id
 
 
 def _fmt(value: Any) -> str:
@@ -29,6 +36,7 @@ class _Found:
         self.unverifiable: list[str] = []
         self.methods: dict[str, str] = {}
         self.expected: dict[tuple[str, str], float | None] = {}
+        self.cross_checked = 0  # (model, task) whose records match lm-eval's own samples file
 
 
 def _evidence(ctx: VerifyContext, item: TaskEvidence) -> Evidence:
@@ -57,6 +65,45 @@ def _lm_eval_agrees(ctx: VerifyContext, item: TaskEvidence, expected: float | No
                           f"{len(item.records or [])} per-sample records)")
 
 
+def _same_as_lm_eval(task: str, record: dict[str, Any], row: dict[str, Any]) -> bool:
+    if task == "mmlu":
+        return [float(r[0]) for r in row["filtered_resps"]] == record["loglikelihoods"] and \
+            bool(row["acc"]) == record["correct"]
+    same = row["resps"][0][0] == record["response"]
+    if task == "gsm8k":
+        return same and bool(row["exact_match"]) == record["correct"]
+    return same and bool(row["prompt_level_strict_acc"]) == record["correct"] and \
+        list(row["inst_level_strict_acc"]) == record["follow_instruction_list"]
+
+
+def _lm_eval_samples_agree(ctx: VerifyContext, item: TaskEvidence, found: _Found) -> None:
+    """(2) lm-eval's own samples file holds the same responses and per-sample metric values as the records."""
+    task, records = item.detail["task"], item.records or []
+    rows = lm_eval_samples(ctx, item.stage, item.detail["model"], task) if task in ("gsm8k", "mmlu", "ifeval") \
+        else None
+    if rows is None:
+        return
+    by_id = {(name if task == "mmlu" else "", row.get("doc_id")): row for name, row in rows
+             if task != "gsm8k" or row.get("filter") == "strict-match"}
+    differ = []
+    for i, record in enumerate(records):
+        row = by_id.get((record.get("subtask", "") if task == "mmlu" else "", record.get("doc_id")))
+        try:
+            ok = row is not None and _same_as_lm_eval(task, record, row)
+        except (KeyError, TypeError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            differ.append(sample_id(record, i))
+    if len(by_id) != len(records):
+        found.fail.append(f"{item.label}: lm-eval's own samples files hold {len(by_id)} samples (got {len(by_id)}, "
+                          f"expected {len(records)}, the number of records)")
+    elif differ:
+        found.fail.append(f"{item.label}: {len(differ)} per-sample record(s) differ from lm-eval's own samples file "
+                          f"(first: sample {differ[0]})")
+    else:
+        found.cross_checked += 1
+
+
 def _one(ctx: VerifyContext, item: TaskEvidence, found: _Found) -> None:  # (1)
     detail, task = item.detail, item.detail["task"]
     if item.records is None or task not in RESCORERS:
@@ -79,6 +126,7 @@ def _one(ctx: VerifyContext, item: TaskEvidence, found: _Found) -> None:  # (1)
         found.fail.append(f"{item.label}: stage summary says {_fmt(detail.get('score'))} (got "
                           f"{_fmt(detail.get('score'))}, expected {_fmt(rescored.score)} {evidence})")
     _lm_eval_agrees(ctx, item, rescored.score, found)
+    _lm_eval_samples_agree(ctx, item, found)
 
 
 def _compare(where: str, quality: Any, found: _Found) -> int:
@@ -124,6 +172,8 @@ class Quality:
         if not found.expected:
             return "no quality scores in this run"
         methods = "; ".join(f"{task}: {method}" for task, method in sorted(found.methods.items()))
+        lm_eval = f"; {found.cross_checked} agree with lm-eval's own results and samples files" \
+            if found.cross_checked else ""
         return (f"{len(found.expected)} (model, task) scores recomputed from their per-sample records and equal in "
-                f"the stage summary, run summary and signed predicate ({methods})")
+                f"the stage summary, run summary and signed predicate{lm_eval} ({methods})")
 
