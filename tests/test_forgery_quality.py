@@ -210,3 +210,23 @@ def test_reproduce_eval_reproduces_then_catches_a_raised_score(kd_run: Path, key
     assert "[FAIL] student/tiny_task: bundle 0.99, re-run" in result.stdout
     bad = run_cli("reproduce-eval", str(tmp_path / "forged.tar"), "--weights", str(tmp_path))
     assert bad.returncode == 2 and "no model.safetensors" in bad.output
+
+
+def test_rewritten_responses_disagree_with_lm_evals_own_samples(forged: Path, keys: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    """The kit's gsm8k records rewritten to right answers (flags and summary re-derived consistently): lm-eval's own
+    samples and results files, bundled beside them, still hold what the model said."""
+    honest = _read(forged / "stages/eval/summary.json")["outputs"]["scores"]["student"]["gsm8k"]
+    records = _records(forged, "student", "gsm8k")
+    for r in records:
+        answer = r["target"].rsplit("#### ", 1)[-1]
+        r.update(response=f" {answer}\n#### {answer}", extracted=answer, correct=True, extracted_flexible=answer,
+                 correct_flexible=True)
+    path = forged / "stages/eval/samples/student.gsm8k.jsonl"
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    rederive(forged, lambda o: _set_score(o, "student", "gsm8k", 1.0))
+    reason = _failed(_verify(forged, tmp_path / "b.tar", keys))["quality"]
+    assert "student/gsm8k: lm-eval's own results (gsm8k_" in reason
+    assert f"(got {honest:.6g}, expected 1 recomputed from {len(records)} per-sample records)" in reason
+    assert f"student/gsm8k: {len(records)} per-sample record(s) differ from lm-eval's own samples file (first: " \
+           f"sample {records[0]['doc_id']})" in reason
