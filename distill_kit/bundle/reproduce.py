@@ -11,6 +11,8 @@
     re-run: they need the run's judge);
 (4) compare: greedy decoding and log-likelihood scoring are deterministic, so the tolerance is exact
     (``TOLERANCE``, float rounding only).
+
+It does not check the bundle's signature or integrity: ``distill-kit verify`` does; run it first.
 """
 
 from __future__ import annotations
@@ -72,7 +74,14 @@ def _read_bundle(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
     return manifest, evaluation, final
 
 
-def _student_dir(weights: Path | None, bundled: dict[str, bytes], expected: str | None, private: Path) -> Path:  # (2)
+def _student_dir(weights: Path | None, bundled: dict[str, bytes], expected: str | None, private: Path,
+                 manifest: dict[str, Any]) -> Path:  # (2)
+    if manifest.get("pipeline") == "eval_only":  # no student stage: the manifest's own pinned student
+        expected = expected or (manifest["models"]["student"] or {}).get("sha256")
+        if weights is None and "model.safetensors" not in bundled:
+            from distill_kit.assets.resolve import asset_path
+
+            weights = asset_path(manifest["models"]["student"], manifest["name"])
     if weights is None:
         if "model.safetensors" not in bundled:
             raise InvalidInput("the bundle does not include the student's weights (bundle --include-large): give "
@@ -90,7 +99,7 @@ def _student_dir(weights: Path | None, bundled: dict[str, bytes], expected: str 
             digest.update(chunk)
     if expected is None:
         raise InvalidBundle("the bundle records no sha256 for the student's weights (stages/student/summary.json "
-                            "outputs.final.weights_sha256)")
+                            "outputs.final.weights_sha256, or models.student.sha256 of an eval_only manifest)")
     if digest.hexdigest() != expected:
         raise InvalidInput(f"the student's weights are not the bundle's (sha256 got {digest.hexdigest()[:12]}…, "
                            f"expected {expected[:12]}…)")
@@ -156,7 +165,7 @@ def reproduce_eval(bundle: Path, weights: Path | None = None) -> list[Reproduced
     results = []
     with tempfile.TemporaryDirectory(prefix="distill-kit-reproduce-") as name:
         private = Path(name)
-        student = _student_dir(weights, bundled, evaluation.get("_weights_sha256"), private)
+        student = _student_dir(weights, bundled, evaluation.get("_weights_sha256"), private, manifest)
         dirs = _model_dirs(manifest, student, {t["model"] for t in tasks})
         settings = _settings(manifest, private / "eval")
         _task_folder(manifest, settings, {t["task"] for t in tasks if not isinstance(dirs.get(t["model"]), str)},

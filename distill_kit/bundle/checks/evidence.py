@@ -91,10 +91,13 @@ def _data_digests(ctx: VerifyContext, stage: str, task: str) -> set[str]:
 
 
 def covered(task: str, records: list[dict[str, Any]]) -> int:
-    """What a full evaluation counts: dialogues for MT-Bench-101, records for every other task."""
+    """What a full evaluation counts, each distinct item once (a repeated record does not pad the count):
+    dialogues for MT-Bench-101, (subject, question) for MMLU, documents or rows for every other task."""
     if task == "mt_bench_101":
         return len({(r.get("task"), r.get("dialogue_id")) for r in records})
-    return len(records)
+    if task == "tiny_task":
+        return len({(r.get("prompt"), r.get("target")) for r in records})
+    return len({json.dumps([r.get("subtask"), r.get("doc_id", r.get("index"))]) for r in records})
 
 
 def derive_full(ctx: VerifyContext, item: TaskEvidence) -> tuple[bool, str]:
@@ -116,6 +119,8 @@ def derive_full(ctx: VerifyContext, item: TaskEvidence) -> tuple[bool, str]:
         if rows != tiny_task_rows():
             return False, "the records are not the rows of the kit's tiny-task eval split"
         return True, f"{count:,} {size.unit}, the kit's whole tiny-task eval split"
+    if task == "mmlu" and len({r.get("subtask") for r in item.records}) != 57:
+        return False, f"{len({r.get('subtask') for r in item.records})} of 57 subjects"
     if item.detail.get("data") == "fixtures" or _data_digests(ctx, item.stage, task) & fixture_digests():
         return False, "run on the kit's fixture data"
     return True, f"{count:,} {size.unit} ({size.source})"
