@@ -2,8 +2,7 @@
 (a key the verifier trusts): ``quality`` and ``evaluation`` must still name them. Then ``reproduce-eval``.
 
 One real smoke-kd run (the CLI, scaled down with --set; tiny_task and gsm8k on the kit's fixtures) feeds every kd
-forgery; the sft and baseline pipelines' eval evidence (tiny_task for each model) is the synthetic run of
-tests/test_bundle.py, whose eval stage has that shape.
+forgery; one real, scaled-down run each of smoke-sft and smoke-baseline shows their honest bundles pass.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from distill_kit.bundle.verify import verify_bundle
 from distill_kit.manifest.resolve import manifest_sha256
 from distill_kit.runner.summaries import run_summary, stage_summary
 from tests.conftest import assert_no_traceback, run_cli
-from tests.test_bundle import make_run
 
 pytestmark = pytest.mark.slow
 
@@ -181,14 +179,21 @@ def test_scores_without_records_are_unverifiable(forged: Path, keys: dict[str, A
         report.result("quality").reason
 
 
-@pytest.mark.parametrize("pipeline", ["sft", "baseline"])
-def test_honest_sft_and_baseline_shapes_pass(pipeline: str, keys: dict[str, Any], tmp_path: Path) -> None:
-    """The sft and baseline smoke pipelines evaluate tiny_task only (teacher, student_initial, student / the last
-    two); the synthetic run's eval stage has that evidence (whole tiny task, per-sample records)."""
-    run = make_run(tmp_path)
-    report = _verify(run, tmp_path / "b.tar", keys)
+@pytest.mark.parametrize("pipeline", ["smoke-sft", "smoke-baseline"])
+def test_honest_sft_and_baseline_bundles_pass(pipeline: str, keys: dict[str, Any], tmp_path: Path) -> None:
+    """The real pipelines, scaled down (~20-40 s each on 2 shared cores): their tiny-task evaluations are whole
+    and recompute."""
+    run_dir = tmp_path / pipeline
+    result = run_cli("run", pipeline, "--run-dir", str(run_dir), "--runtime", "local",
+                     "--set", "student.token_budget=10000", "--set", "student.checkpoint_every_steps=1000",
+                     "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0")
+    assert result.returncode == 0, result.output
+    report = _verify(run_dir, tmp_path / "b.tar", keys)
+    assert report.ok, _failed(report)
     assert report.result("quality").status == "PASS", report.result("quality").reason
     assert report.result("evaluation").status == "PASS", report.result("evaluation").reason
+    models = 2 if pipeline == "smoke-baseline" else 3
+    assert report.result("evaluation").reason.startswith(f"{models} (model, task) evaluations, all full")
 
 
 def test_reproduce_eval_reproduces_then_catches_a_raised_score(kd_run: Path, keys: dict[str, Any],
