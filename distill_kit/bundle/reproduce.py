@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -153,8 +154,10 @@ def _task_folder(manifest: dict[str, Any], settings: Any, tasks: set[str], priva
                                                                 manifest["name"]) for t in wanted})
 
 
-def reproduce_eval(bundle: Path, weights: Path | None = None) -> list[Reproduced]:
-    """Every (model, task) of the bundle's eval stage, re-run where possible and compared (see the module doc)."""
+def reproduce_eval(bundle: Path, weights: Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> list[Reproduced]:
+    """Every (model, task) of the bundle's eval stage, re-run where possible and compared (see the module doc);
+    ``progress(message)`` is told what is being re-run."""
     from distill_kit.evaluation.registry import JUDGED_TASKS, run_task
 
     bundle = Path(bundle)
@@ -182,6 +185,8 @@ def reproduce_eval(bundle: Path, weights: Path | None = None) -> list[Reproduced
                 continue
             from dataclasses import replace
 
+            if progress is not None:
+                progress(f"re-running {model}/{task} on the CPU")
             rerun = run_task(task, where, tokenizer, replace(settings, model_label=model, windows=[])).score
             results.append(Reproduced(model, task, score, rerun, "PASS" if agrees(score, rerun) else "FAIL"))
     return results

@@ -30,12 +30,12 @@ def register(app: typer.Typer) -> None:
         from distill_kit.bundle.reproduce import TOLERANCE
         from distill_kit.bundle.reproduce import reproduce_eval as run
 
-        results = run(bundle_path, weights)
         console = Console(highlight=False, soft_wrap=True, width=wide())
+        status = Console(stderr=True, highlight=False, soft_wrap=True, width=wide())
+        results = run(bundle_path, weights, progress=lambda message: status.print(f"[dim]{escape(message)}[/dim]"))
         for r in results:
-            label = "SKIP" if r.status == "SKIP" else r.status
             rerun = r.note if r.status == "SKIP" else f"re-run {_figure(r.rerun_score)}"
-            console.print(f"[{STYLE[r.status]}][{label}][/{STYLE[r.status]}] {escape(r.model)}/{escape(r.task)}: "
+            console.print(f"[{STYLE[r.status]}][{r.status}][/{STYLE[r.status]}] {escape(r.model)}/{escape(r.task)}: "
                           f"bundle {_figure(r.bundle_score)}, {escape(rerun)}")
         console.print(f"tolerance: {TOLERANCE}")
         return EXIT_FAILED if any(r.status == "FAIL" for r in results) else 0
