@@ -3,7 +3,8 @@
 (1) for each (model, task) of the eval stage: recompute the score from ``samples/<model>.<task>.jsonl`` with the
     benchmark's own metric code (:mod:`distill_kit.evaluation.rescore`); every stored per-sample flag must equal its
     recomputation, ``n`` the number of records, ``score`` the recomputed score;
-(2) lm-eval's own results file, when bundled, must give the same headline score;
+(2) lm-eval's own files, when bundled, must agree: its results file gives the same headline score, its samples
+    files hold the same responses (log-likelihoods for MMLU) and per-sample metric values as the records;
 (3) the stage's ``outputs.scores``, the run summary's ``quality`` and the signed predicate's ``quality`` must equal
     the recomputed scores;
 (4) a score with no per-sample evidence is unverifiable (a WARN naming it), never a PASS.
