@@ -29,6 +29,21 @@ def _write(path: Path, document: Any) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _student_records(stage_dir: Path, outputs: dict[str, Any], score: float) -> float:
+    """Rewrite the student's per-sample records so that ``score`` of them are right (the ``quality`` check
+    recomputes the score from them); returns the score they give."""
+    detail = next(d for d in outputs["tasks"] if (d["model"], d["task"]) == ("student", TASK))
+    path = stage_dir / detail["samples"]
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    right = round(score * len(records))
+    for i, record in enumerate(records):
+        record["output"] = " " + (record["target"] if i < right else "x")
+        record["correct"] = i < right
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    detail["score"] = right / len(records)
+    return detail["score"]
+
+
 def variant(base: Path, out: Path, name: str, seed: int, score: float, params_b: float | None = None,
             baseline: bool = False) -> Path:
     """A copy of the run ``base`` at ``out`` with another identity and student score (see the module doc)."""
@@ -54,7 +69,7 @@ def variant(base: Path, out: Path, name: str, seed: int, score: float, params_b:
     for stage in stages:
         scores = stage["outputs"].get("scores")
         if scores and "student" in scores:
-            scores["student"][TASK] = score
+            scores["student"][TASK] = _student_records(out / "stages" / stage["stage"], stage["outputs"], score)
             _write(out / "stages" / stage["stage"] / "summary.json", stage)
     _write(out / "summary.json", run_summary(resolved, digest, stages, summary["status"], summary["started_at"],
                                              summary["ended_at"]))

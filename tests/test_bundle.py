@@ -49,7 +49,7 @@ COLUMNS = ["t", "attempt", "cpu_util_pct", "ram_used_mib", "gpu0_power_w", "gpu0
            "gpu0_mem_mib", "gpu0_sm_mhz", "gpu0_temp_c", "rapl_package-0_uj", "rapl_dram_uj", "error"]
 CHECK_NAMES = ["archive", "required-files", "integrity", "signature", "trusted-key", "schemas", "identity",
                "artifacts", "accounting", "time", "plausibility", "hardware", "containerised", "evaluation",
-               "measurement", "physics", "evidence"]
+               "quality", "measurement", "physics", "evidence"]
 # What the runner records of each stage's device and models (runner/evidence.compute_record): the manifest's
 # OLMo-2 32B teacher and 1B student, on the fingerprint's H100.
 COMPUTE = {"device": "cuda", "torch": "2.13.0", "torch_cuda": "12.8", "gpu_names": ["NVIDIA H100 80GB HBM3"],
@@ -272,12 +272,12 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
     windows = [_nested(rendered, 1, "teacher/tiny_task", T0 + 47.0, T0 + 51.0, trace, rapl),
                _nested(rendered, 1, "student/tiny_task", T0 + 51.5, T0 + 56.0, trace, rapl, unseen=1)]
     _write(run / "stages/eval/trace.csv.gz", rendered)
-    _write(run / "stages/eval/samples/student.tiny_task.jsonl", '{"id": 1, "correct": true}\n')
+    details = [_tiny_task_evidence(run, model, correct) for model, correct in (("teacher", 180), ("student", 110))]
     journal.add(T0 + 46.1, "stage_started", "eval", attempt=1, kind="eval")
     journal.add(T0 + 57.0, "stage_finished", "eval", attempt=1)
     summaries.append(stage_summary("eval", "eval", "finished", [attempt], 20_000, "eval_tokens",
-                                   {"scores": {"teacher": {"tiny_task": 0.9}, "student": {"tiny_task": 0.55}},
-                                    "windows": windows}, idle_power,
+                                   {"scores": {d["model"]: {"tiny_task": d["score"]} for d in details},
+                                    "tasks": details, "full_evaluation": True, "windows": windows}, idle_power,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
     for summary in summaries:
@@ -289,6 +289,19 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
     _write(run / "journal.jsonl", journal.text())
     _write(run / ".summary.json.1234.tmp", "half-written")  # a temporary leftover: never bundled
     return run
+
+
+def _tiny_task_evidence(run: Path, model: str, correct: int) -> dict[str, Any]:
+    """Per-sample records of the whole tiny task (the first ``correct`` rows answered right) and their detail."""
+    from distill_kit.assets.task import TINY_DIR, load_rows
+
+    rows = load_rows(TINY_DIR / "task" / "eval.jsonl")
+    records = [{"prompt": r.prompt, "target": r.answer, "output": " " + (r.answer if i < correct else "x"),
+                "correct": i < correct} for i, r in enumerate(rows)]
+    samples = f"samples/{model}.tiny_task.jsonl"
+    _write(run / "stages/eval" / samples, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return {"model": model, "task": "tiny_task", "metric": "exact_match", "score": correct / len(rows),
+            "n": len(rows), "tokens": 100, "full": True, "data": "benchmark", "samples": samples}
 
 
 def repack(run: Path, out: Path, key: Any) -> Path:

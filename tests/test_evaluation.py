@@ -249,3 +249,14 @@ def test_alpaca_eval_2_and_mt_bench_101_end_to_end_with_a_local_judge_server(tmp
     labels = [w["label"] for w in outputs["windows"]]
     assert labels == ["student/alpaca_eval", "student/alpaca_eval/judge", "student/mt_bench_101",
                       "student/mt_bench_101/judge"]
+    # verify recomputes both scores from the bundled judge annotations (alpaca_eval's GLM re-fit on the bundled
+    # regularisation data; MT-Bench-101's ratings re-read from the judge's text)
+    from distill_kit.bundle.keys import generate_keypair, load_private_key
+    from distill_kit.bundle.pack import pack_run
+    from distill_kit.bundle.verify import verify_bundle
+
+    pair = generate_keypair(tmp_path / "signer")
+    pack_run(tmp_path / "run", tmp_path / "judged.tar", load_private_key(pair.private_path))
+    quality = verify_bundle(tmp_path / "judged.tar", trusted_keys=[pair.public_path]).result("quality")
+    assert quality.status == "PASS", quality.reason
+    assert "alpaca_eval: alpaca_eval's get_length_controlled_winrate re-fit" in quality.reason

@@ -94,7 +94,7 @@ def test_report_of_a_run_directory(runs: dict[str, Path], tmp_path: Path) -> Non
     assert "Stage breakdown" in html and "Quality" in html
     assert "Comparison" not in html  # one run: no comparison
     _assert_self_contained(index)
-    assert len(_images(index)) == 5  # breakdown + 4 traces (this run's eval records no per-task windows)
+    assert len(_images(index)) == 6  # breakdown + 4 traces + the per-task eval figure (its tiny_task evaluations)
 
 
 def test_report_of_bundles_compares_and_computes_break_even(runs: dict[str, Path], tmp_path: Path) -> None:

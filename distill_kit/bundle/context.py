@@ -44,13 +44,27 @@ def keep_member(name: str) -> bool:
         return parts[0] in RUN_FILES
     return (len(parts) == 3 and parts[0] == "stages" and parts[2] in STAGE_FILES) or \
         (len(parts) == 4 and parts[0] == "stages" and parts[2] == "cache" and parts[3] == "index.json") or \
-        is_lm_eval_result(parts)
+        eval_evidence(parts)
 
 
 def is_lm_eval_result(parts: list[str]) -> bool:
     """stages/<stage>/lm_eval/<model>/<task>/<task>_<time>.json: lm-eval's own results (its device, its env)."""
     return (len(parts) == 6 and parts[0] == "stages" and parts[2] == "lm_eval" and parts[5].endswith(".json")
             and not parts[5].startswith("samples_"))
+
+
+def eval_evidence(parts: list[str]) -> bool:
+    """The eval stage's evidence the ``quality`` check recomputes scores from: per-sample records, the lm-eval task
+    configs the run used, and lm-eval's own results and samples files."""
+    if len(parts) < 4 or parts[0] != "stages":
+        return False
+    if parts[2] == "samples":
+        return len(parts) == 4 and parts[3].endswith(".jsonl")
+    if parts[2] == "lm_eval_tasks":
+        return parts[-1].endswith((".yaml", ".json"))
+    if parts[2] == "alpaca_eval":
+        return len(parts) == 4 and parts[3].endswith(".csv")
+    return parts[2] == "lm_eval" and len(parts) == 6 and parts[5].endswith((".json", ".jsonl"))
 
 
 def stage_member(stage: str, file: str) -> str:

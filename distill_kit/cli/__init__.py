@@ -15,6 +15,7 @@ from distill_kit.cli import (
     machine_cmds,
     manifest_cmds,
     report_cmds,
+    reproduce_cmds,
     run_cmds,
 )
 from distill_kit.cli.errors import run_app
@@ -35,6 +36,7 @@ machine_cmds.register(app)
 app.add_typer(assets_cmds.app, name="assets")
 app.add_typer(keys_cmds.app, name="keys")
 report_cmds.register(app)
+reproduce_cmds.register(app)
 app.add_typer(leaderboard_cmds.app, name="leaderboard")
 leaderboard_cmds.register_submit(app)
 

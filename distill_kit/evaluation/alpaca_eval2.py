@@ -156,6 +156,10 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, settings: EvalSettings) -> Ta
     settings.windows.append(window)
     annotations.index = range(len(annotations))  # the instruction's position in the evaluation set
     metrics = _lc_winrate(annotations, root / GAMED_FILE)  # (3)
+    if settings.out_dir is not None:  # the GLM's regularisation data, bundled so a verifier can re-fit the GLM
+        from distill_kit._io import atomic_write_bytes
+
+        atomic_write_bytes(settings.out_dir / "alpaca_eval" / GAMED_FILE, (root / GAMED_FILE).read_bytes())
     samples = [{"index": i, "instruction": r["instruction"], "output": o, "reference_output": r["output"],
                 "preference": None if math.isnan(p) else p, "preference_from": src, "is_switched_outputs": bool(s),
                 "glm_preference": float(g), "judge_reply": j}  # (4)

@@ -15,6 +15,7 @@ from distill_kit.bundle.checks.documents import Artifacts, Identity, Schemas
 from distill_kit.bundle.checks.evidence import Evidence
 from distill_kit.bundle.checks.machine import Containerised, Evaluation, Hardware, Measurement, Plausibility
 from distill_kit.bundle.checks.physics import Physics
+from distill_kit.bundle.checks.quality import Quality
 from distill_kit.bundle.checks.signing import Integrity, SignatureCheck, TrustedKeyCheck
 from distill_kit.bundle.checks.timeline import Time
 from distill_kit.bundle.context import VerifyContext, Warn
@@ -41,6 +42,7 @@ CHECKS: tuple[Check, ...] = (
     Hardware(),
     Containerised(),
     Evaluation(),
+    Quality(),
     Measurement(),
     Physics(),
     Evidence(),

@@ -242,19 +242,34 @@ class Measurement:
 
 
 class Evaluation:
-    """Quality figures come from full evaluations: a task limited to a sample subset, or run on fixture data, is
-    reported (a WARN: the scores are not comparable with published ones)."""
+    """Quality figures come from full evaluations, derived (never read from the run's ``full`` flag): the
+    per-sample records must cover the pinned benchmark's known size, on data that is not the kit's fixtures; a task
+    claiming ``full: true`` that is not is a FAIL, a subset or fixture evaluation a WARN."""
 
     name = "evaluation"
 
     def check(self, ctx: VerifyContext) -> str | Warn:
-        tasks = []
-        for stage in ctx.stage_names():
-            outputs = ctx.stage_summary(stage).get("outputs") or {}
-            tasks += [t for t in outputs.get("tasks") or [] if isinstance(t, dict) and "task" in t]
-        if not tasks:
+        from distill_kit.bundle.checks.eval_evidence import derive_full, eval_stages, task_evidence
+
+        items = task_evidence(ctx)
+        if not items:
             return "no evaluation in this run"
-        subsets = sorted({f"{t['task']} (n={t.get('n')})" for t in tasks if t.get("full") is False})
+        fail: list[str] = []
+        subsets: dict[str, list[str]] = {}  # "task (why)" -> models
+        for item in items:
+            full, why = derive_full(ctx, item)
+            if item.detail.get("full") is True and not full:
+                fail.append(f"{item.label}: full (got true, expected false: {why})")
+            if not full:
+                subsets.setdefault(f"{item.detail['task']} ({why})", []).append(item.detail["model"])
+        for stage in eval_stages(ctx):
+            claimed = (ctx.stage_summary(stage).get("outputs") or {}).get("full_evaluation")
+            if claimed is True and subsets:
+                fail.append(f"{stage}: full_evaluation (got true, expected false)")
+        if fail:
+            raise VerificationError("; ".join(fail[:6]) + (f" (+{len(fail) - 6} more)" if len(fail) > 6 else ""))
         if subsets:
-            return Warn(f"not a full evaluation: {', '.join(subsets)} ran on a subset or on fixture data")
-        return f"{len(tasks)} (model, task) evaluations, all full"
+            return Warn("not a full evaluation: " + "; ".join(f"{what} for {', '.join(models)}"
+                                                              for what, models in subsets.items()))
+        return f"{len(items)} (model, task) evaluations, all full (derived from their records against the " \
+               "benchmarks' known sizes)"

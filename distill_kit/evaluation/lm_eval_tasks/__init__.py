@@ -179,3 +179,11 @@ def build_task_folder(out_dir: Path, roots: dict[str, Path]) -> TaskFolder:
     folder.matches_pinned = all(PINNED_SHA256.get(k) == v for k, v in folder.sources.items())
     atomic_write_json(out_dir / "SOURCES.json", {"version": 1, **folder.record()})
     return folder
+
+
+def load_config(text: str) -> dict[str, Any]:
+    """A config this module wrote, parsed safely (``!function`` references kept as their text)."""
+    config = yaml.load(text, Loader=_Loader)
+    if not isinstance(config, dict):
+        raise yaml.YAMLError("not a mapping")
+    return config
