@@ -64,8 +64,9 @@ def free_port() -> int:
 
 # -- PostgreSQL and the server -------------------------------------------------------------------------------
 @contextmanager
-def postgres(root: Path) -> Any:
-    """A throwaway cluster under ``root`` (run as the postgres user when we are root); yields its base URL."""
+def postgres() -> Any:
+    """A throwaway cluster in a new temporary folder (run as the postgres user when we are root); its URL."""
+    root = Path(tempfile.mkdtemp(prefix="distill-kit-load-pg-"))  # its own folder: postgres must enter it
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not found:
         raise SystemExit("PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)")
@@ -90,6 +91,7 @@ def postgres(root: Path) -> Any:
         yield f"postgresql://postgres@127.0.0.1:{port}/leaderboard"
     finally:
         subprocess.run([pg_bin / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], **{**run, "check": False})
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager
@@ -175,12 +177,12 @@ class Maker:
 
     def __init__(self, root: Path):
         sys.path.insert(0, str(REPO / "tests"))
-        from synthetic_runs import make_run, variant  # the tests' consistent synthetic runs
+        from synthetic_runs import make_run, variant, with_scores  # the tests' consistent synthetic runs
 
         from distill_kit.bundle.keys import generate_keypair, load_private_key
         from distill_kit.bundle.pack import pack_run
 
-        self.root, self.variant, self.pack_run = root, variant, pack_run
+        self.root, self.variant, self.with_scores, self.pack_run = root, variant, with_scores, pack_run
         self.keys = [generate_keypair(root / f"key-{t:02d}-{k}") for t in range(TEAMS) for k in range(KEYS_PER_TEAM)]
         self.private = [load_private_key(k.private_path) for k in self.keys]
         self.outsider = load_private_key(generate_keypair(root / "stranger").private_path)
@@ -205,15 +207,12 @@ class Maker:
             chunk = b"0" * (1 << 20)
             for _ in range(BOMB_BYTES // len(chunk)):
                 out.write(chunk)
-        named = self.variant(self.base, self.root / "named", "evil\u202egpj.exe\x1b[2J", 7002, 0.5)
-        many = self.run("many", 7003)
-        path = many / "stages" / "eval" / "summary.json"
-        summary = json.loads(path.read_text())
-        summary["outputs"].setdefault("scores", {}).setdefault("student", {}).update(
-            {f"task-{i:04d}": 0.5 for i in range(3000)})
-        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        return [(kind, self.pack(run, self.private[0]))
-                for kind, run in (("gzip_bomb_trace", bomb), ("control_chars", named), ("many_tasks", many))]
+        named = self.variant(self.base, self.root / "named", "evil\u202egpj.exe\x1b[2J", 7002, 0.5)  # schema: 422
+        many = self.with_scores(self.run("many", 7003), {f"task-{i:04d}": 0.5 for i in range(3000)})
+        hidden = self.with_scores(self.run("hidden", 7004), {"t\u202eksa\x1b[2J\x00": 0.5})
+        return [(kind, self.pack(run, self.private[0])) for kind, run in (
+            ("gzip_bomb_trace", bomb), ("control_chars_name", named), ("3000_tasks", many),
+            ("control_chars_task", hidden))]
 
 
 def build_kit(root: Path, n: int) -> tuple[Kit, list[Path]]:
@@ -357,8 +356,7 @@ def main() -> None:
         kit, pubs = build_kit(root / "kit", args.submissions)
         jobs = _jobs(kit, args.submissions)
         print(f"built {len(jobs)} submissions in {time.monotonic() - started:.0f} s", flush=True)
-        (root / "pg").mkdir()
-        with postgres(root / "pg") as db:
+        with postgres() as db:
             from distill_kit.leaderboard.config import database_url
             from distill_kit.leaderboard.store import Store
 

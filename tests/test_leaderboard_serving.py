@@ -1,9 +1,10 @@
 """The leaderboard's serving half under attack, on the real server (``distill-kit leaderboard serve``, uvicorn,
 SQLite) on 127.0.0.1: poisoned names, a 3,000-task entry, slow clients, concurrent PNG renders, internal errors.
 
-Ingest refuses control characters and oversized task lists at submission; the entries here are written straight
-into the store (``Store.add_entry``, cloned from a real accepted bundle's entry) to show that the pages hold even
-when such an entry is in the database (defence in depth).
+Ingest refuses control characters and oversized task lists at submission; the hostile entries here are written
+straight into the store (``Store.add_entry``): the 3,000-task one is a signed bundle verified and extracted as the
+server's verifier does, the others are clones of a real accepted entry. The pages must hold even when such an
+entry is in the database (defence in depth).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO
-from synthetic_runs import make_run
+from synthetic_runs import make_run, variant, with_scores
 from test_leaderboard import Server
 
 from distill_kit.bundle.keys import generate_keypair, load_private_key
 from distill_kit.bundle.pack import pack_run
 from distill_kit.leaderboard.store import NewEntry, Store
+from distill_kit.leaderboard.verifier import Job, verify_job
 
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 2.0, 3.0
 SERVE_ARGS = ["--rate-per-minute", "100000", "--rate-burst", "10000", "--header-timeout-s", str(HEADER_TIMEOUT_S),
@@ -69,7 +71,12 @@ def _clone(template: Any, key_id: str, name: str, scores: dict[str, dict[str, fl
 def board(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("serving")
     pair = generate_keypair(tmp / "team")
-    bundle = pack_run(make_run(tmp / "base"), tmp / "base.tar", load_private_key(pair.private_path)).path
+    private = load_private_key(pair.private_path)
+    base = make_run(tmp / "base")
+    bundle = pack_run(base, tmp / "base.tar", private).path
+    many_run = with_scores(variant(base, tmp / "many", "many-tasks", 3, 0.5),
+                           {f"task-{i:04d}-" + "x" * 40: 0.5 + (i % 7) / 100 for i in range(MANY_TASKS)})
+    many_bundle = pack_run(many_run, tmp / "many.tar", private).path
     db = f"sqlite:///{tmp / 'board.db'}"
     store = Store(db)
     key, _ = store.add_key("team-$\\frac{a}{b}$", pair.public_path.read_bytes())
@@ -83,8 +90,9 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Any:
         for i, (kind, name) in enumerate(HOSTILE_NAMES.items()):
             entry = _clone(template, key.key_id, name, {"student": {"tiny_task": 0.3 + i / 100, name: 0.5}})
             hostile[kind] = store.add_entry(entry)[0].bundle_sha256
-        scores = {"student": {f"task-{i:04d}-" + "x" * 40: 0.5 + (i % 7) / 100 for i in range(MANY_TASKS)}}
-        many = store.add_entry(_clone(template, key.key_id, "many-tasks", scores))[0].bundle_sha256
+        verified = verify_job(Job(str(many_bundle), store.keyring()))  # what the server's verifier would store
+        assert verified["ok"], verified["report"]
+        many = store.add_entry(NewEntry(key_id=verified["signer_key_id"], **verified["entry"]))[0].bundle_sha256
         corrupt = [{"stage": "student", "energy": "not a mapping"}]
         broken = store.add_entry(_clone(template, key.key_id, "broken", {"student": {"tiny_task": 0.1}},
                                         corrupt))[0].bundle_sha256
