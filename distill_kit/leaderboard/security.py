@@ -53,8 +53,9 @@ SECURITY_HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-typ
 _OURS = {name for name, _ in SECURITY_HEADERS}
 
 
-class BodyTimeout(Exception):
-    """The request body did not arrive within the limit."""
+class BodyTimeout(BaseException):
+    """The request body did not arrive within the limit. A BaseException, like a cancellation: code that turns
+    ``Exception`` into an answer (a malformed form is a 400) must not swallow it."""
 
 
 def _with_headers(message: Message) -> Message:
@@ -62,11 +63,9 @@ def _with_headers(message: Message) -> Message:
     return {**message, "headers": headers + SECURITY_HEADERS}
 
 
-async def _json(send: Send, status: int, detail: str, close: bool = False) -> None:
+async def _json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -83,7 +82,8 @@ class SecurityMiddleware:
             return
         started = False
         deadline = time.monotonic() + self.body_timeout_s
-        body_done = False
+        headers = dict(scope.get("headers") or [])
+        body_done = headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers
 
         async def timed_receive() -> Message:
             nonlocal body_done
@@ -102,6 +102,8 @@ class SecurityMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 message = _with_headers(message)
+                if not body_done:  # answered before the body's end (413, 408, 400): never read the rest
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         try:
@@ -109,8 +111,7 @@ class SecurityMiddleware:
         except BodyTimeout:
             if started:
                 raise
-            await _json(secured_send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s",
-                        close=True)
+            await _json(secured_send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s")
         except Exception:
             LOG.exception("unhandled error answering %s %s", scope.get("method"), scope.get("path"))
             if started:
