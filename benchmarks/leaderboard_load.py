@@ -367,7 +367,7 @@ def main() -> None:
             with server(db, root / "data", root / "server.log") as (url, pid):
                 outcomes, elapsed, sampler = _load(url, pid, jobs, args)
             counts, files = _stored(database_url(db, root / "data").replace("+psycopg", ""), root / "data")
-        _report(outcomes, elapsed, sampler, counts, files, args)
+        _report(outcomes, elapsed, sampler, counts, files, args, _server_errors(root / "server.log"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -392,8 +392,16 @@ def _load(url: str, pid: int, jobs: list[tuple[str, str, bytes | None]], args: a
     return outcomes, elapsed, sampler
 
 
+def _server_errors(log: Path) -> dict[str, int]:
+    """The exceptions the server logged (type and message, clipped), counted: what a 5xx came from."""
+    import re
+
+    found = re.findall(r"(?m)^([A-Za-z_][\w.]*(?:Error|Exception|Timeout)\b.*)$", log.read_text(errors="replace"))
+    return dict(Counter(line[:200] for line in found).most_common(10))
+
+
 def _report(outcomes: list[Outcome], elapsed: float, sampler: Sampler, counts: Counter[str], files: set[str],
-            args: argparse.Namespace) -> None:
+            args: argparse.Namespace, server_errors: dict[str, int]) -> None:
     created = Counter(o.sha for o in outcomes if o.status == 201)
     lost = sum(1 for sha in created if counts.get(sha, 0) != 1 or sha not in files)
     lost += sum(n - 1 for n in created.values()) + sum(n - 1 for n in counts.values() if n > 1)
@@ -418,6 +426,7 @@ def _report(outcomes: list[Outcome], elapsed: float, sampler: Sampler, counts: C
         "server_rate_limits": " ".join(RATE_ARGS) + " (set high: the per-key limiter is not what this measures)",
         "keys": f"{TEAMS * KEYS_PER_TEAM} keys of {TEAMS} teams", "verify_workers": 2,
         "max_upload_mb": MAX_UPLOAD_MB, "database": "PostgreSQL (throwaway cluster, fsync off)",
+        "server_errors_logged": server_errors,
     }
     write_result("leaderboard_load", figures, targets, details)
     print(json.dumps(details, indent=2, sort_keys=True))
