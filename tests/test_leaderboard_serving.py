@@ -129,6 +129,8 @@ def test_3000_task_entry_leaves_pages_small_and_fast(board: Board) -> None:
     entry = server.get(f"/entries/{board.many}")
     assert entry.status_code == 200 and len(entry.content) < 150_000, len(entry.content)
     assert "more tasks" in entry.text
+    print(f"\n[{MANY_TASKS} tasks] /pareto {elapsed * 1000:.0f} ms, {len(pareto.content):,} B; / "
+          f"{len(ranking.content):,} B; entry page {len(entry.content):,} B")
 
 
 def test_hostile_names_are_shown_escaped_and_plots_render(board: Board) -> None:
@@ -291,6 +293,7 @@ def test_health_stays_fast_during_20_concurrent_renders(board: Board) -> None:
     latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     assert len(latencies) >= 5 and p99 < 0.5, f"/api/health p99 {p99 * 1000:.0f} ms over {len(latencies)} polls"
+    print(f"\n/api/health during 20 concurrent renders: p99 {p99 * 1000:.0f} ms over {len(latencies)} polls")
     started = time.monotonic()  # the same plot again: served from the cache
     assert server.get("/pareto.png", params={"task": tasks[0]}).status_code == 200
     assert time.monotonic() - started < 0.3
