@@ -8,11 +8,14 @@ import typer
 
 from distill_kit.cli.progress import wide
 from distill_kit.errors import EXIT_BAD_INPUT, EXIT_FAILED, InvalidInput
+from distill_kit.leaderboard.config import Settings as SERVING  # the serving limits' defaults (light import)
 
 app = typer.Typer(help="The shared leaderboard: serve it, manage its teams' keys.", no_args_is_help=True)
 
 DB_HELP = "Database URL: sqlite:///PATH or postgresql://USER@HOST/DB (default: DATA_DIR/leaderboard.db)."
 DATA_HELP = "Folder for the database (SQLite) and the stored bundles."
+
+
 
 
 def _store(db: str | None, data_dir: Path):  # type: ignore[no-untyped-def]
@@ -45,6 +48,22 @@ def serve(
     rate_burst: int = typer.Option(10, "--rate-burst", help="Submissions a key may send at once."),
     verify_timeout_s: float = typer.Option(120, "--verify-timeout-s", help="Time limit of one verification."),
     workers: int = typer.Option(2, "--verify-workers", help="Verifier processes."),
+    header_timeout_s: float = typer.Option(SERVING.header_timeout_s, "--header-timeout-s", help="Close a "
+                                           "connection whose request headers are not complete this long after "
+                                           "its first byte (slow clients)."),
+    body_timeout_s: float = typer.Option(SERVING.body_timeout_s, "--body-timeout-s", help="Answer 408 and close "
+                                         "when a request body has not fully arrived this long after its headers."),
+    keep_alive_s: float = typer.Option(SERVING.keep_alive_s, "--keep-alive-s", help="Close idle keep-alive "
+                                       "connections after this."),
+    max_connections: int = typer.Option(SERVING.max_connections, "--max-connections", help="Open connections "
+                                        "and requests in progress at most; past it, 503."),
+    backlog: int = typer.Option(SERVING.backlog, "--backlog", help="Connections the kernel queues before accept."),
+    max_header_bytes: int = typer.Option(SERVING.max_header_bytes, "--max-header-bytes", help="Largest request "
+                                         "head (request line + headers) buffered; past it, 400."),
+    render_workers: int = typer.Option(SERVING.render_workers, "--render-workers", help="Processes drawing the "
+                                       "pages' plots."),
+    render_timeout_s: float = typer.Option(SERVING.render_timeout_s, "--render-timeout-s", help="Time limit of "
+                                           "one plot (its process is killed past it)."),
 ) -> int:
     """Run the leaderboard server (admin API enabled when DISTILL_KIT_LEADERBOARD_TOKEN is set)."""
     from distill_kit.leaderboard.config import Settings
@@ -54,7 +73,10 @@ def serve(
         raise InvalidInput(f"--port must be between 1 and 65535 (got {port})")
     settings = Settings(data_dir=data_dir, db_url=db, max_upload_bytes=int(max_upload_mb * (1 << 20)),
                         rate_per_minute=rate_per_minute, rate_burst=rate_burst, verify_timeout_s=verify_timeout_s,
-                        verify_workers=workers)
+                        verify_workers=workers, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+                        keep_alive_s=keep_alive_s, max_connections=max_connections, backlog=backlog,
+                        max_header_bytes=max_header_bytes, render_workers=render_workers,
+                        render_timeout_s=render_timeout_s)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _store(db, data_dir).close()  # reach and migrate the database first: a bad --db is one message, exit 2
     run_server(settings, host, port)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -30,12 +30,15 @@ from distill_kit.leaderboard.models import (
     SubmissionOut,
     TaskCount,
 )
+from distill_kit.leaderboard.render import RenderBusy, RenderFailed, Renders
+from distill_kit.leaderboard.security import LOG, PathScrubber, SecurityMiddleware, server_path_pattern
 from distill_kit.leaderboard.store import EntryFilter, KeyConflict, Store, UnknownKey
 from distill_kit.leaderboard.submissions import Rejection, Submissions
 from distill_kit.leaderboard.verifier import VerifierPool
 
 SHA256 = r"^[0-9a-f]{64}$"
 Sha256Path = Annotated[str, PathParam(pattern=SHA256, description="the bundle's sha256 (hex)")]
+PageNumber = Annotated[int, Query(ge=1, le=100_000, description="page of a paged list, from 1")]
 UPLOAD_BODY = {"requestBody": {"required": True, "description": "the bundle (.tar): the raw request body, or the "
                                "file field 'bundle' of a multipart form", "content": {
                                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -113,9 +116,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(board.start)
+        await run_in_threadpool(app.state.renders.start)
         try:
             yield
         finally:
+            await run_in_threadpool(app.state.renders.close)
             await run_in_threadpool(board.stop)
 
     app = FastAPI(title="distill-kit leaderboard", version=__version__, lifespan=lifespan, docs_url=None,
@@ -125,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     _api(app, board)
     _admin_api(app, board)
     _pages(app, board)
+    app.add_middleware(PathScrubber, pattern=server_path_pattern(settings.data_dir.resolve()))
+    app.add_middleware(SecurityMiddleware, body_timeout_s=settings.body_timeout_s)  # outermost of the app's own
     return app
 
 
@@ -223,33 +230,39 @@ def _admin_api(app: FastAPI, board: Board) -> None:
 
 
 def _pages(app: FastAPI, board: Board) -> None:
-    from distill_kit.report import plots
-    from distill_kit.report.analysis import Point
-
+    """The HTML pages, each bounded whatever the database holds (``pages``), and their plots (``_plots``)."""
     def store() -> Store:
         return board.store
 
+    def by_entries() -> list[tuple[str, int]]:
+        return sorted(store().tasks(), key=lambda tn: (-tn[1], tn[0]))
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def ranking(f: Annotated[EntryFilter, Depends(_page_filters)]) -> HTMLResponse:
-        task_names = [t for t, _ in store().tasks()]
+    def ranking(f: Annotated[EntryFilter, Depends(_page_filters)], page: PageNumber = 1) -> HTMLResponse:
+        f.limit, f.offset = pages.PAGE_SIZE + 1, (page - 1) * pages.PAGE_SIZE
         entries = store().entries(f)
-        frontier = set(store().pareto(f.task).frontier) if f.task else set()
+        frontier = set(store().pareto_lean(f.task).frontier) if f.task else set()
         pipelines = sorted({"kd", "sft", "baseline_sft", "eval_only"} | {e.pipeline for e in entries})
-        return HTMLResponse(pages.ranking_page(entries, f, task_names, pipelines, frontier))
+        view = pages.RankingView(entries[:pages.PAGE_SIZE], f, page, len(entries) > pages.PAGE_SIZE,
+                                 [t for t, _ in by_entries()], pipelines, frontier)
+        return HTMLResponse(pages.ranking_page(view))
 
     @app.get("/pareto", response_class=HTMLResponse, include_in_schema=False)
-    def pareto_page() -> HTMLResponse:
-        return HTMLResponse(pages.pareto_page([store().pareto(t) for t, _ in store().tasks()]))
+    def pareto_page(task: str | None = None, page: PageNumber = 1) -> HTMLResponse:
+        tasks = by_entries()
+        if task:
+            return HTMLResponse(pages.pareto_page([store().pareto_lean(task)], total_tasks=len(tasks)))
+        first = (page - 1) * pages.PARETO_TASKS_PER_PAGE
+        shown = tasks[first:first + pages.PARETO_TASKS_PER_PAGE]
+        return HTMLResponse(pages.pareto_page([store().pareto_lean(t) for t, _ in shown], page,
+                                              len(tasks) > first + len(shown), len(tasks)))
 
-    @app.get("/pareto/{task}.png", include_in_schema=False)
-    def pareto_png(task: str) -> Response:
-        data = store().pareto(task)
-        points = [Point(p.bundle_sha256, p.total_energy_j, p.quality) for p in data.points]
-        frontier = [p for p in points if p.key in set(data.frontier)]
-        frontier.sort(key=lambda p: p.energy_j)
-        labels = {p.bundle_sha256: f"{p.name} ({p.team})" for p in data.points}
-        return Response(plots.pareto_png(points, frontier, labels, task), media_type="image/png",
-                        headers={"Cache-Control": "no-cache"})
+    @app.get("/tasks", response_class=HTMLResponse, include_in_schema=False)
+    def tasks_page(page: PageNumber = 1) -> HTMLResponse:
+        tasks = by_entries()
+        first = (page - 1) * pages.TASKS_PAGE_SIZE
+        shown = tasks[first:first + pages.TASKS_PAGE_SIZE]
+        return HTMLResponse(pages.tasks_page(shown, page, len(tasks) > first + len(shown), len(tasks)))
 
     @app.get("/entries/{sha256}", response_class=HTMLResponse, include_in_schema=False)
     def entry_page(sha256: Sha256Path) -> HTMLResponse:
@@ -258,9 +271,56 @@ def _pages(app: FastAPI, board: Board) -> None:
             raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
         return HTMLResponse(pages.entry_page(detail))
 
-    @app.get("/entries/{sha256}/stages.png", include_in_schema=False)
-    def entry_stages_png(sha256: Sha256Path) -> Response:
+    _plots(app, board)
+
+
+def _plots(app: FastAPI, board: Board) -> None:
+    """The PNG plots: drawn by ``render.Renders`` in worker processes, cached by the store's data version, 503
+    when every worker stays busy, a generic 500 when one cannot be drawn."""
+    from distill_kit.report.analysis import Point
+
+    settings = board.settings
+    renders = Renders(settings.render_workers, settings.render_timeout_s, settings.render_queue_timeout_s)
+    app.state.renders = renders
+
+    def store() -> Store:
+        return board.store
+
+    async def png(key: tuple[str, ...], name: str, build: Any) -> Response:
+        version = await run_in_threadpool(store().data_version)
+        cached = renders.cache.get((*key, version))
+        try:
+            data = cached if cached is not None else await renders.png(key, version, name,
+                                                                       *await run_in_threadpool(build))
+        except RenderBusy as err:
+            return JSONResponse({"detail": f"{err}: retry shortly"}, 503, headers={"Retry-After": "5"})
+        except RenderFailed as err:
+            LOG.warning("plot %s not drawn: %s", key, err)
+            return JSONResponse({"detail": "the plot could not be drawn"}, 500)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+    def pareto_args(task: str) -> tuple[Any, ...]:
+        data = store().pareto_lean(task)
+        points = [Point(p.bundle_sha256, p.total_energy_j, p.quality) for p in data.points]
+        on = set(data.frontier)
+        frontier = sorted((p for p in points if p.key in on), key=lambda p: p.energy_j)
+        labels = {p.bundle_sha256: f"{p.name} ({p.team})" for p in data.points}
+        return points, frontier, labels, task
+
+    @app.get("/pareto.png", include_in_schema=False)
+    async def pareto_png(task: str) -> Response:
+        return await png(("pareto", task), "pareto_png", lambda: pareto_args(task))
+
+    @app.get("/pareto/{task}.png", include_in_schema=False)
+    async def pareto_png_path(task: str) -> Response:
+        return await png(("pareto", task), "pareto_png", lambda: pareto_args(task))
+
+    def stage_args(sha256: str) -> tuple[Any, ...]:
         detail = store().entry_detail(sha256)
         if detail is None:
             raise HTTPException(404, f"no entry with bundle sha256 {sha256}")
-        return Response(plots.stage_breakdown_png(detail.stages, detail.name), media_type="image/png")
+        return detail.stages, detail.name
+
+    @app.get("/entries/{sha256}/stages.png", include_in_schema=False)
+    async def entry_stages_png(sha256: Sha256Path) -> Response:
+        return await png(("stages", sha256), "stage_breakdown_png", lambda: stage_args(sha256))

@@ -34,6 +34,16 @@ class Settings:
     verify_timeout_s: float = 120.0
     verify_workers: int = 2
     admin_token: str | None = None
+    # serving limits (security.py, render.py; `leaderboard serve --help`)
+    header_timeout_s: float = 10.0  # a request's headers must be complete this long after its first byte
+    body_timeout_s: float = 300.0  # a request's whole body must arrive this long after its headers
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 200  # connections + requests in progress; more are answered 503
+    backlog: int = 512  # connections the kernel queues before accept
+    max_header_bytes: int = 16384  # the most bytes of an incomplete request head buffered
+    render_workers: int = 2  # plot processes
+    render_timeout_s: float = 20.0  # one plot's time limit (the process is killed past it)
+    render_queue_timeout_s: float = 15.0  # longest wait for a free plot process before a 503
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
@@ -42,7 +52,12 @@ class Settings:
         problems = [f"{name} must be positive (got {value})" for name, value in
                     (("max upload bytes", self.max_upload_bytes), ("rate per minute", self.rate_per_minute),
                      ("rate burst", self.rate_burst), ("verify timeout", self.verify_timeout_s),
-                     ("verify workers", self.verify_workers)) if value <= 0]
+                     ("verify workers", self.verify_workers), ("header timeout", self.header_timeout_s),
+                     ("body timeout", self.body_timeout_s), ("keep-alive", self.keep_alive_s),
+                     ("max connections", self.max_connections), ("backlog", self.backlog),
+                     ("max header bytes", self.max_header_bytes), ("render workers", self.render_workers),
+                     ("render timeout", self.render_timeout_s),
+                     ("render queue timeout", self.render_queue_timeout_s)) if value <= 0]
         if problems:
             raise InvalidInput("; ".join(problems))
 

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from distill_kit.report.text import visible
+
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 1200px;
        padding: 0 1rem; color: #222; line-height: 1.4; }
@@ -33,7 +35,8 @@ SHORT_METHOD = {"counter": "ctr", "integrated": "int", "estimate": "est", "unmea
 
 
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """Text for HTML: hidden characters (controls, bidi overrides) shown as escapes, then HTML-escaped."""
+    return html.escape(visible("" if value is None else str(value)), quote=True)
 
 
 def fmt(value: Any, digits: int = 1, unit: str = "") -> str:

@@ -1,7 +1,9 @@
 """Plots as PNG bytes (matplotlib, Agg, no pyplot: no global state, safe to call from server threads).
 
 Every function returns the PNG of one figure; PNGs are written without a timestamp, so the same data gives the
-same bytes.
+same bytes. Text from runs and bundles is never interpreted: mathtext and TeX are off while a figure is drawn (a
+``$\\frac{a}{b}$`` task name is drawn as typed), hidden characters are shown as escapes (``text.label``), every label
+is bounded in length, and a plot draws at most ``MAX_BARS`` bars and ``MAX_LABELS`` point labels.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from typing import Any
 
 from distill_kit.energy.trace import Trace
 from distill_kit.report.analysis import Point
+from distill_kit.report.text import label
 
 DOMAIN_COLORS = {"gpu": "#2f6db3", "cpu": "#e0892b", "ram": "#4f9d5d"}
 DOMAINS = ("gpu", "cpu", "ram")
 _LOCK = threading.Lock()  # matplotlib's text and font caches are not thread-safe
+PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False}
+MAX_BARS = 40
+MAX_LABELS = 30
 
 
 def _figure(width: float, height: float) -> Any:
@@ -36,7 +42,9 @@ def _png(fig: Any) -> bytes:
 
 
 def _render(draw: Any, width: float, height: float) -> bytes:
-    with _LOCK:
+    import matplotlib
+
+    with _LOCK, matplotlib.rc_context(PLAIN_TEXT):  # text artists read these when made and when drawn
         fig = _figure(width, height)
         draw(fig)
         return _png(fig)
@@ -44,7 +52,9 @@ def _render(draw: Any, width: float, height: float) -> bytes:
 
 def stage_breakdown_png(stages: Sequence[dict[str, Any]], title: str) -> bytes:
     """Energy of each stage stacked by domain (left) and wall time per stage (right)."""
-    names = [s["stage"] for s in stages]
+    stages = stages[:MAX_BARS]
+    names = _unique([label(s["stage"], 24) for s in stages])
+    title = label(title, 80)
 
     def draw(fig: Any) -> None:
         energy_ax, time_ax = fig.subplots(1, 2, width_ratios=[3, 2])
@@ -119,17 +129,19 @@ def trace_png(trace: Trace, title: str) -> bytes:
     measured no power, CPU utilisation instead, saying so on the plot."""
     t0 = min(trace.times(), default=0.0)
     kind = trace_kind(trace)
+    title = label(title, 80)
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
         if kind == "power":
             for column in [c for c in trace.columns if c.endswith("_power_w")]:
                 for ts, vs, attempt in _segments(trace, column, t0):
-                    ax.plot(ts, vs, linewidth=1, label=f"{column.removesuffix('_power_w')} (attempt {attempt})")
+                    name = label(column.removesuffix("_power_w"), 24)
+                    ax.plot(ts, vs, linewidth=1, label=f"{name} (attempt {attempt})")
             for column in rapl_power_columns(trace):
                 ts, vs = _rapl_power(trace, column, t0)
                 if ts:
-                    ax.plot(ts, vs, linewidth=1, label=column.removesuffix("_uj").replace("rapl_", "RAPL "))
+                    ax.plot(ts, vs, linewidth=1, label=label(column.removesuffix("_uj").replace("rapl_", "RAPL "), 24))
             ax.set_ylabel("power (W)")
         else:
             for ts, vs, attempt in _segments(trace, "cpu_util_pct", t0):
@@ -150,7 +162,9 @@ def trace_png(trace: Trace, title: str) -> bytes:
 
 def eval_energy_png(tasks: Sequence[dict[str, Any]], title: str) -> bytes:
     """Energy of each (model, task) evaluation window."""
-    labels = [f"{t.get('model')}\n{t.get('task')}" for t in tasks]
+    tasks = tasks[:MAX_BARS]
+    labels = _unique([f"{label(t.get('model'), 24)}\n{label(t.get('task'), 24)}" for t in tasks])
+    title = label(title, 80)
     values = [t.get("energy_j") or 0.0 for t in tasks]
 
     def draw(fig: Any) -> None:
@@ -168,6 +182,8 @@ def eval_energy_png(tasks: Sequence[dict[str, Any]], title: str) -> bytes:
 def pareto_png(points: Sequence[Point], frontier: Sequence[Point], labels: dict[str, str], task: str) -> bytes:
     """Quality on ``task`` vs total energy, every run a dot, the frontier highlighted and joined."""
     on_frontier = {p.key for p in frontier}
+    named = [*frontier, *(p for p in points if p.key not in on_frontier)][:MAX_LABELS]
+    task = label(task, 60)
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
@@ -178,8 +194,8 @@ def pareto_png(points: Sequence[Point], frontier: Sequence[Point], labels: dict[
         if frontier:
             ax.plot([p.energy_j for p in frontier], [p.quality for p in frontier], "-o", color="#d62728",
                     markersize=7, label="Pareto frontier", zorder=3)
-        for p in points:
-            ax.annotate(labels.get(p.key, p.key)[:28], (p.energy_j, p.quality), textcoords="offset points",
+        for p in named:
+            ax.annotate(label(labels.get(p.key, p.key), 28), (p.energy_j, p.quality), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
         energies = [p.energy_j for p in points if p.energy_j > 0]
         if energies and max(energies) / min(energies) > 50:
@@ -194,6 +210,16 @@ def pareto_png(points: Sequence[Point], frontier: Sequence[Point], labels: dict[
             ax.legend(loc="lower right", fontsize=8)
 
     return _render(draw, 7.0, 4.2)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Category labels made distinct (two stages or tasks clipped to the same text must stay two bars)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
 
 
 def finite(value: Any) -> bool:
