@@ -67,13 +67,21 @@ def variant(base: Path, out: Path, name: str, seed: int, score: float, params_b:
     names = [s["stage"] for s in summary["stages"] if not (baseline and s["stage"] == "teacher")]
     stages = [_read(out / "stages" / n / "summary.json") for n in names]
     for stage in stages:
+        _student_shape(stage, params_b)
         scores = stage["outputs"].get("scores")
         if scores and "student" in scores:
             scores["student"][TASK] = _student_records(out / "stages" / stage["stage"], stage["outputs"], score)
-            _write(out / "stages" / stage["stage"] / "summary.json", stage)
+        _write(out / "stages" / stage["stage"] / "summary.json", stage)
     _write(out / "summary.json", run_summary(resolved, digest, stages, summary["status"], summary["started_at"],
                                              summary["ended_at"]))
     return out
+
+
+def _student_shape(stage: dict, params_b: float | None) -> None:
+    """The student's recorded shape (outputs.compute, what physics bounds FLOPs with) of a ``params_b`` model."""
+    shape = ((stage["outputs"].get("compute") or {}).get("models") or {}).get("student")
+    if params_b is not None and shape:
+        shape["parameters"] = int(params_b * 1e9) + shape.get("embedding_parameters", 0)
 
 
 def with_scores(run: Path, scores: dict[str, float]) -> Path:
