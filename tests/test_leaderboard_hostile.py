@@ -211,6 +211,17 @@ def test_the_worker_memory_limit_holds_and_the_worker_is_replaced(kit: Kit, make
     print(f"\nbomb with wide reading limits: worker peak RSS {rss.peak / MB:.0f} MB, refused, worker replaced")
 
 
+def test_the_worker_cpu_limit_holds(kit: Kit, make_server: Callable[..., Server], tmp_path: Path) -> None:
+    """A trace that is cheap to send and slow to parse (15 MB of CSV rows) meets a 1 s CPU-time limit."""
+    slow = variant(kit.base, tmp_path / "slow", "slow", 9, 0.4)
+    rows = "".join(f"{i * 0.1:.1f},1,{i % 7}\n" for i in range(1_200_000))
+    (slow / "stages" / "student" / "trace.csv.gz").write_bytes(gzip.compress(("t,attempt,x\n" + rows).encode(), 1))
+    server = make_server("--verify-cpu-s", "1", "--verify-workers", "1")
+    _register(server, kit)
+    _expect(server.submit(kit.sign(slow, "a")), 422, "the verifier ran out of its 1 s CPU-time limit")
+    assert server.submit(kit.alpha).status_code == 201  # a fresh worker, a fresh CPU budget
+
+
 # -- rate limits -----------------------------------------------------------------------------------------------
 def test_nobody_can_lock_a_team_out(kit: Kit, make_server: Callable[..., Server], tmp_path: Path) -> None:
     server = make_server("--rate-per-minute", "1", "--rate-burst", "2", "--ip-rate-per-minute", "1",
@@ -326,7 +337,10 @@ def test_kill_9_anywhere_leaves_db_and_store_in_agreement(kit: Kit, make_server:
         assert server.submit(data).status_code in (200, 201)
     _agree(server)
     assert server.stored() == {sha256(b) for b in kit.stream}
-    print(f"\nkill -9 after {', '.join(f'{k:.1f}' for k in kills)} s: DB and store agree every time")
+    repairs = [m["reason"] for m in server.get("/api/admin/moderation", headers=AUTH).json()
+               if m["action"] == "reconcile"]
+    print(f"\nkill -9 after {', '.join(f'{k:.1f}' for k in kills)} s: DB and store agree every time; "
+          f"reconciler: {repairs or 'nothing to repair'}")
 
 
 # -- one run, one entry ----------------------------------------------------------------------------------------

@@ -427,6 +427,10 @@ class Store:
             partial.unlink(missing_ok=True)
         if done["orphans"]:
             _sync(bundles_dir)
+        if any(done.values()):
+            with self.sessions.begin() as session:
+                self._moderate(session, "reconcile", "start-up repair after a crash: " + ", ".join(
+                    f"{n} {what}" for what, n in done.items() if n))
         return done
 
 

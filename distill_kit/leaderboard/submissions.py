@@ -24,6 +24,7 @@ The procedure (``Submissions.handle``):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import tempfile
 import threading
@@ -211,8 +212,7 @@ class Submissions:
         self.verifying: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def handle(self, request: Request) -> tuple[int, SubmissionOut]:
-        address = request.client.host if request.client else "unknown"
-        _limit(self.address_limiter, f"address {address}", self.settings.ip_rate_per_minute)  # (1)
+        _limit(self.address_limiter, f"address {_address(request)}", self.settings.ip_rate_per_minute)  # (1)
         path, _size = await receive_upload(request, self.settings.incoming_dir, self.settings.max_upload_bytes)  # (2)
         try:
             return await self._process(path)
@@ -320,6 +320,20 @@ class Submissions:
         return 201, SubmissionOut(status="accepted", reason=f"verified; signed by team {entry.team}'s key "
                                   f"{entry.key_id[:16]}…", bundle_sha256=sha, entry=entry,
                                   verify_report=fields["verify_report"])
+
+
+def _address(request: Request) -> str:
+    """The client's address; an IPv6 client's /64 (one subscriber's usual allocation, not one address of it)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _limit(limiter: RateLimiter, who: str, per_minute: float) -> None:
