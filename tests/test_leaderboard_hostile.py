@@ -408,3 +408,43 @@ def test_gunzip_reads_in_chunks() -> None:
     assert _gunzip_bounded(data, 1 << 40) == b"t,x\n" + b"1,2\n" * 1000
     assert _gunzip_bounded(data, 100) is None
     assert hashlib.sha256(_gunzip_bounded(data, 4004) or b"").hexdigest()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_migration_keeps_entries_scrubs_paths_and_refuses_infinity(db: str, request: pytest.FixtureRequest,
+                                                                   tmp_path: Path) -> None:
+    """A board of schema 0001 (with an entry whose report named the upload path) upgraded to the newest schema."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    from distill_kit.leaderboard.config import database_url
+    from distill_kit.leaderboard.db import MIGRATIONS, make_engine
+    from distill_kit.leaderboard.store import Store
+
+    url = database_url(_create_database(request.getfixturevalue("postgres"), "migrate") if db == "postgres"
+                       else f"sqlite:///{tmp_path / 'old.db'}", tmp_path)
+    engine, config = make_engine(url), Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text("INSERT INTO teams (id, name, created_at) VALUES (1, 't', :at)"), {"at": "2026-11-01"})
+        connection.execute(text("INSERT INTO signing_keys (key_id, team_id, public_key_pem, added_at, revoked) "
+                                "VALUES ('k', 1, 'pem', :at, :no)"), {"at": "2026-11-01", "no": False})
+        connection.execute(text(
+            "INSERT INTO entries (id, bundle_sha256, team_id, key_id, submitted_at, size_bytes, name, pipeline, "
+            "manifest_sha256, energy_tier, containerised, methods, summary, stages, verify_report) VALUES (1, 'abc', "
+            "1, 'k', :at, 1, 'n', 'kd', 'm', 'estimated', :no, '[]', '{}', '[]', :report)"),
+            {"at": "2026-11-01", "no": False, "report": json.dumps({"bundle": {"path": "/srv/incoming/upload-1.tar"}})})
+        connection.execute(text("INSERT INTO scores VALUES (1, 'student', 'tiny_task', 0.5)"))
+    engine.dispose()
+    store = Store(url)
+    try:
+        assert store.entries()[0].scores == {"student": {"tiny_task": 0.5}}  # scores kept through the upgrade
+        assert store.entry_detail("abc").verify_report["bundle"]["path"] == "abc.tar"  # type: ignore[union-attr]
+        with pytest.raises(IntegrityError), store.engine.begin() as connection:
+            connection.execute(text("INSERT INTO scores VALUES (1, 'student', 'other', :inf)"), {"inf": float("inf")})
+    finally:
+        store.close()

@@ -139,9 +139,9 @@ def check_entry(fields: dict[str, Any]) -> None:
     """Raise ``Unfit`` (naming the field) for an entry the board must not store."""
     check_name("the run's name", fields.get("name"))
     check_name("the pipeline", fields.get("pipeline"), 40)
-    for field in ("manifest_sha256", "kit_version"):
+    for field, limit in (("manifest_sha256", 64), ("kit_version", 40)):
         if fields.get(field) is not None:
-            check_name(field, fields[field], 64)
+            check_name(field, fields[field], limit)
     scores = fields.get("scores") or {}
     if len(scores) > MAX_MODELS:
         raise Unfit(f"the bundle scores {len(scores)} models (at most {MAX_MODELS})")

@@ -398,6 +398,30 @@ class Store:
                                   run_sha256=m.run_sha256, key_id=m.key_id, reason=m.reason)
                     for m in session.scalars(select(Moderation).order_by(Moderation.id))]
 
+    def _identify_old_entries(self, files: dict[str, Path]) -> int:
+        """Entries from before ``run_sha256`` existed get it from their stored bundle (once); a second entry of a
+        run already identified keeps none (it was accepted before the rule) and is left as it is."""
+        from distill_kit.leaderboard.ingest import peek
+
+        with self.sessions() as session:
+            unknown = list(session.scalars(select(Entry.bundle_sha256).where(Entry.run_sha256.is_(None),
+                                                                             Entry.state == STORED)))
+        identified = 0
+        for sha in unknown:
+            if sha not in files:
+                continue
+            run = peek(files[sha], files[sha].stat().st_size + 1).run_sha256
+            if run is None:
+                continue
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha)
+                                    .values(run_sha256=run))
+                identified += 1
+            except IntegrityError:
+                continue
+        return identified
+
     # -- crash recovery ----------------------------------------------------------------------------------------
     def reconcile(self, bundles_dir: Path) -> dict[str, int]:
         """Make the database and ``bundles_dir`` agree after a crash: a pending entry whose bundle is in place is
@@ -419,6 +443,7 @@ class Store:
                 elif state == STORED and sha not in files:
                     session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha).values(state=MISSING))
                     done["missing"] += 1
+        done["identified"] = self._identify_old_entries(files)
         for sha, path in files.items():
             if sha not in known:
                 path.unlink(missing_ok=True)
@@ -429,7 +454,7 @@ class Store:
             _sync(bundles_dir)
         if any(done.values()):
             with self.sessions.begin() as session:
-                self._moderate(session, "reconcile", "start-up repair after a crash: " + ", ".join(
+                self._moderate(session, "reconcile", "start-up repair: " + ", ".join(
                     f"{n} {what}" for what, n in done.items() if n))
         return done
 

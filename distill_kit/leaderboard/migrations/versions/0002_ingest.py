@@ -35,6 +35,7 @@ def upgrade() -> None:
                                        f"{column} IS NULL OR {column} {FINITE}")
     with op.batch_alter_table("scores") as batch:
         batch.create_check_constraint("ck_scores_score_finite", f"score {FINITE}")
+    _scrub_report_paths()
     op.create_table(
         "moderation",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -45,6 +46,17 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(64), nullable=True),
         sa.Column("reason", sa.Text, nullable=False),
     )
+
+
+def _scrub_report_paths() -> None:
+    """Stored verify reports named the server's temporary upload path: name the bundle by its sha256 instead."""
+    entries = sa.table("entries", sa.column("id", sa.Integer), sa.column("bundle_sha256", sa.String),
+                       sa.column("verify_report", sa.JSON))
+    bind = op.get_bind()
+    for row in bind.execute(sa.select(entries.c.id, entries.c.bundle_sha256, entries.c.verify_report)).all():
+        report = dict(row.verify_report or {})
+        report["bundle"] = {**(report.get("bundle") or {}), "path": f"{row.bundle_sha256}.tar"}
+        bind.execute(entries.update().where(entries.c.id == row.id).values(verify_report=report))
 
 
 def downgrade() -> None:
