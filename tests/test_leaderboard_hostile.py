@@ -341,6 +341,27 @@ def test_kill_9_anywhere_leaves_db_and_store_in_agreement(kit: Kit, make_server:
                if m["action"] == "reconcile"]
     print(f"\nkill -9 after {', '.join(f'{k:.1f}' for k in kills)} s: DB and store agree every time; "
           f"reconciler: {repairs or 'nothing to repair'}")
+    _each_crash_state_is_settled(server, kit)
+
+
+def _each_crash_state_is_settled(server: Server, kit: Kit) -> None:
+    """The states a kill leaves between the steps, made on purpose: pending with its file (killed before 'stored'),
+    pending without (killed before the rename), a file without an entry (killed inside a delete)."""
+    import sqlite3
+
+    complete, lost = sorted(server.stored())[:2]
+    server.stop()
+    bundles = server.data_dir / "bundles"
+    (bundles / f"{lost}.tar").unlink()
+    (bundles / f"{'f' * 64}.tar").write_bytes(b"orphan")
+    with sqlite3.connect(server.db.removeprefix("sqlite:///")) as connection:
+        connection.execute("UPDATE entries SET state = 'pending' WHERE bundle_sha256 IN (?, ?)", (complete, lost))
+    server.start()
+    _agree(server)
+    assert complete in server.stored() and lost not in server.stored() and "f" * 64 not in server.stored()
+    log = server.get("/api/admin/moderation", headers=AUTH).json()
+    assert log[-1]["reason"] == "start-up repair: 1 completed, 1 dropped, 1 orphans"
+    assert server.submit(next(b for b in kit.stream if sha256(b) == lost)).status_code == 201
 
 
 # -- one run, one entry ----------------------------------------------------------------------------------------
