@@ -252,12 +252,13 @@ class Store:
         with self.sessions.begin() as session:
             session.execute(delete(Entry).where(Entry.bundle_sha256 == sha, Entry.state == PENDING))
 
-    def check_run(self, run_sha: str) -> None:
-        """Raise ``DuplicateRun`` when an entry holds this run, or the moderators deleted one that did."""
+    def check_run(self, run_sha: str, bundle_sha: str | None = None) -> None:
+        """Raise ``DuplicateRun`` when another bundle than ``bundle_sha`` holds this run, or the moderators deleted
+        one that did (the same bundle, still being stored by another request, is not a duplicate run)."""
         with self.sessions() as session:
             row = session.execute(select(Entry.bundle_sha256, Team.name).join(Team, Entry.team_id == Team.id)
                                   .where(Entry.run_sha256 == run_sha)).first()
-            if row is not None:
+            if row is not None and row[0] != bundle_sha:
                 raise DuplicateRun(row[0], row[1])
             removed = session.scalar(select(Moderation).where(Moderation.run_sha256 == run_sha,
                                                               Moderation.action == "delete"))

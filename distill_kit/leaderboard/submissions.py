@@ -230,7 +230,7 @@ class Submissions:
         _limit(self.limiter, f"key {seen.key_id}", self.settings.rate_per_minute)  # (5)
         assert seen.run_sha256 is not None
         try:
-            await run_in_threadpool(self.store.check_run, seen.run_sha256)  # (6)
+            await run_in_threadpool(self.store.check_run, seen.run_sha256, seen.sha256)  # (6)
         except DuplicateRun as dup:
             raise _duplicate_run(dup, seen.sha256) from None
         return await self._verify_once(seen, path)  # (7)
