@@ -176,11 +176,16 @@ def test_gzip_bomb_and_huge_json_are_bounded(kit: Kit, make_server: Callable[...
     assert len(by_team) < 3 * MB
     big = variant(kit.base, tmp_path / "big", "big-json", 8, 0.4)
     stage = _read(big / "stages" / "prerun" / "summary.json")
-    stage["padding"] = ["x" * 100] * 200_000  # a 20 MB JSON document
-    _write(big / "stages" / "prerun" / "summary.json", stage)
+    stage["padding"] = [[0]] * 12_000_000  # a 60 MB JSON document (a list of lists: ~1 GB once parsed)
+    (big / "stages" / "prerun" / "summary.json").write_text(json.dumps(stage))
     huge = kit.sign(big, "a")
+    loud = variant(kit.base, tmp_path / "loud", "loud-json", 9, 0.4)
+    stage = _read(loud / "stages" / "prerun" / "summary.json")
+    stage["stage"] = ["x" * 100] * 60_000  # 6 MB, under the limit, where a string belongs: a 6 MB schema message
+    _write(loud / "stages" / "prerun" / "summary.json", stage)
+    loud_bundle = kit.sign(loud, "a")
 
-    server = make_server(upload_mb=40)
+    server = make_server(upload_mb=80)
     _register(server, kit)
     with PeakRss(server) as rss:
         started = time.monotonic()
@@ -188,12 +193,13 @@ def test_gzip_bomb_and_huge_json_are_bounded(kit: Kit, make_server: Callable[...
         assert time.monotonic() - started < 5
         body = _expect(server.submit(by_team), 422, "over 16777216 bytes uncompressed")
         assert len(json.dumps(body)) < 64_000
-        response = server.submit(huge)
-        body = _expect(response, 422, "does not verify")
-        assert len(response.content) < 64_000, "the error answer is bounded"
+        for bundle in (huge, loud_bundle):
+            response = server.submit(bundle)
+            _expect(response, 422, "does not verify")
+            assert len(response.content) < 64_000, f"the error answer is {len(response.content):,} bytes"
     assert rss.peak < 200 * MB, f"a verifier reached {rss.peak / MB:.0f} MB"
     assert server.stored() == set() and server.incoming() == []
-    print(f"\nbomb and 20 MB JSON refused; verifier peak RSS {rss.peak / MB:.0f} MB")
+    print(f"\nbomb, 60 MB JSON and a 6 MB schema message refused; verifier peak RSS {rss.peak / MB:.0f} MB")
 
 
 def test_the_worker_memory_limit_holds_and_the_worker_is_replaced(kit: Kit, make_server: Callable[..., Server],
@@ -391,7 +397,8 @@ def test_moderators_hide_delete_and_ban(kit: Kit, make_server: Callable[..., Ser
     assert server.post(f"/api/admin/entries/{shas[0]}/hide", json={"reason": "x"}).status_code == 401
     assert [e["bundle_sha256"] for e in server.entries()] == [shas[1]]
     assert shas[0] not in server.get("/api/pareto/tiny_task").text
-    assert server.get(f"/api/entries/{shas[0]}").status_code == 404 and server.get("/").status_code == 200
+    assert server.get(f"/api/entries/{shas[0]}").status_code == 404
+    assert "kd_32b_1b" not in server.get("/").text and "stream-00" in server.get("/").text
     args = ("--db", server.db, "--data-dir", str(server.data_dir))
     deleted = run_cli("leaderboard", "delete", shas[1], "--reason", "copied run", *args)
     assert deleted.returncode == 0 and "deleted: entry" in deleted.stdout, deleted.output

@@ -52,6 +52,8 @@ def serve(
                                          "process (MiB)."),
     verify_cpu_s: int = typer.Option(120, "--verify-cpu-s", help="CPU-time limit of one verification (s)."),
     max_trace_mb: float = typer.Option(16, "--max-trace-mb", help="Largest stage trace read (MiB, uncompressed)."),
+    max_document_mb: float = typer.Option(8, "--max-document-mb", help="Largest JSON document or journal read "
+                                          "(MiB)."),
 ) -> int:
     """Run the leaderboard server (admin API enabled when DISTILL_KIT_LEADERBOARD_TOKEN is set)."""
     from distill_kit.leaderboard.config import Settings
@@ -63,7 +65,8 @@ def serve(
                         rate_per_minute=rate_per_minute, rate_burst=rate_burst, ip_rate_per_minute=ip_rate_per_minute,
                         ip_rate_burst=ip_rate_burst, verify_timeout_s=verify_timeout_s, verify_workers=workers,
                         verify_memory_mb=verify_memory_mb, verify_cpu_s=verify_cpu_s,
-                        max_trace_bytes=int(max_trace_mb * (1 << 20)))
+                        max_trace_bytes=int(max_trace_mb * (1 << 20)),
+                        max_document_bytes=int(max_document_mb * (1 << 20)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _store(db, data_dir).close()  # reach and migrate the database first: a bad --db is one message, exit 2
     run_server(settings, host, port)
