@@ -74,11 +74,11 @@ def zero_padded(data: bytes, blocks: int = 20) -> bytes:
     return data + b"\0" * (512 * blocks)
 
 
-def forged(pub_pem: bytes) -> bytes:
+def forged(pub_pem: bytes, envelope_text: bytes | None = None) -> bytes:
     """A 10 KB tar holding someone's public key and an envelope whose signature is noise."""
     envelope = {"payloadType": "application/vnd.in-toto+json", "payload": "e30=",
                 "signatures": [{"keyid": "", "sig": "AAAA" * 22}]}
-    members = [("signer.pub", pub_pem), ("attestation.dsse.json", json.dumps(envelope).encode()),
+    members = [("signer.pub", pub_pem), ("attestation.dsse.json", envelope_text or json.dumps(envelope).encode()),
                ("run/summary.json", b"{}" + b" " * 8000)]
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -187,6 +187,13 @@ def test_gzip_bomb_and_huge_json_are_bounded(kit: Kit, make_server: Callable[...
 
     server = make_server(upload_mb=80)
     _register(server, kit)
+    assert server.proc is not None
+    front = psutil.Process(server.proc.pid)
+    before = front.memory_info().rss
+    balloon = forged(kit.pubs["a"].read_bytes(), b"[" + b"[]," * 1_300_000 + b"[]]")  # 4 MB: 1.3 M lists parsed
+    for _ in range(5):
+        _expect(server.submit(balloon), 422, "not a DSSE envelope")
+    assert front.memory_info().rss - before < 50 * MB, "the envelope is never parsed into a balloon"
     with PeakRss(server) as rss:
         started = time.monotonic()
         _expect(server.submit(by_stranger), 403, "not among the trusted keys")  # from the envelope alone

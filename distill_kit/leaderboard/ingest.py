@@ -10,6 +10,7 @@ or bidirectional-override characters.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -34,7 +35,19 @@ class Peek:
     unsigned: str | None = None  # no usable envelope: why
     key_id: str | None = None
     signature_ok: bool = False
-    run_sha256: str | None = None
+    payload: bytes = b""  # the signed statement, parsed only once the key is known to be registered
+
+    def run_sha256(self) -> str | None:
+        """The run's identity from the signed statement's subjects; None when they are not a list of
+        ``{name, digest: {sha256}}``."""
+        try:
+            subjects = json.loads(self.payload.decode("utf-8")).get("subject")
+            pairs = {s["name"]: s["digest"]["sha256"] for s in subjects}
+        except (UnicodeDecodeError, ValueError, RecursionError, AttributeError, TypeError, KeyError):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items()):
+            return None
+        return run_identity(pairs)
 
 
 def run_identity(subjects: dict[str, str]) -> str:
@@ -63,6 +76,9 @@ def peek(path: Path, limit: int) -> Peek:
     if scan.fatal is not None or scan.entries == 0:
         return Peek(scan.sha256 or "", problem=scan.fatal or "the archive holds no members")
     sha = scan.sha256 or ""
+    attestation = scan.members.get(ATTESTATION)
+    if attestation is not None and attestation.data is not None and _containers(attestation.data) > 8:
+        return Peek(sha, unsigned=f"{ATTESTATION} is not a DSSE envelope (nested values where strings belong)")
     ctx = VerifyContext(path=path, scan=scan, limits=limits, trusted=[], trust_given=True, now=datetime.now(UTC))
     try:
         public = ctx.signer_key()
@@ -72,11 +88,13 @@ def peek(path: Path, limit: int) -> Peek:
     kid = key_id(public)
     if not envelope.verified_by(public):
         return Peek(sha, key_id=kid)
-    try:
-        subjects = ctx.subjects()
-    except VerificationError as err:
-        return Peek(sha, unsigned=str(err)[:500], key_id=kid)
-    return Peek(sha, key_id=kid, signature_ok=True, run_sha256=run_identity(subjects))
+    return Peek(sha, key_id=kid, signature_ok=True, payload=envelope.payload)
+
+
+def _containers(data: bytes) -> int:
+    """Objects and arrays in a JSON text, counted without parsing it (an envelope holds 2 of each; base64 and its
+    payload type hold no brace or bracket): a document built to balloon when parsed is refused unparsed."""
+    return data.count(b"{") + data.count(b"[")
 
 
 # -- what may be stored ----------------------------------------------------------------------------------------

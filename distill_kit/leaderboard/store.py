@@ -411,7 +411,7 @@ class Store:
         for sha in unknown:
             if sha not in files:
                 continue
-            run = peek(files[sha], files[sha].stat().st_size + 1).run_sha256
+            run = peek(files[sha], files[sha].stat().st_size + 1).run_sha256()
             if run is None:
                 continue
             try:

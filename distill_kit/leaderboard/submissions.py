@@ -228,12 +228,16 @@ class Submissions:
             return 200, _duplicate(existing)
         await run_in_threadpool(self._envelope, seen)  # (4)
         _limit(self.limiter, f"key {seen.key_id}", self.settings.rate_per_minute)  # (5)
-        assert seen.run_sha256 is not None
+        run = seen.run_sha256()
+        if run is None:
+            check = CheckOut(name="signature", status="FAIL", reason="the signed statement has no valid subject list")
+            raise reject(422, "the bundle does not verify: 1 check(s) failed (signature): the signed statement has "
+                         "no valid subject list", bundle_sha256=seen.sha256, failed_checks=[check])
         try:
-            await run_in_threadpool(self.store.check_run, seen.run_sha256, seen.sha256)  # (6)
+            await run_in_threadpool(self.store.check_run, run, seen.sha256)  # (6)
         except DuplicateRun as dup:
             raise _duplicate_run(dup, seen.sha256) from None
-        return await self._verify_once(seen, path)  # (7)
+        return await self._verify_once(seen, run, path)  # (7)
 
     def _envelope(self, seen: Peek) -> None:
         """(4) Refuse from signer.pub and the DSSE signature alone."""
@@ -255,7 +259,7 @@ class Submissions:
             raise reject(422, "the bundle does not verify: 1 check(s) failed (signature): the DSSE signature does "
                          "not verify under signer.pub", bundle_sha256=sha, failed_checks=[check])
 
-    async def _verify_once(self, seen: Peek, path: Path) -> tuple[int, SubmissionOut]:
+    async def _verify_once(self, seen: Peek, run: str, path: Path) -> tuple[int, SubmissionOut]:
         """(7) The first request with this sha256 verifies; identical ones arriving meanwhile share its outcome."""
         sha = seen.sha256
         shared = self.verifying.get(sha)
@@ -268,7 +272,7 @@ class Submissions:
         future: asyncio.Future[tuple[int, SubmissionOut]] = asyncio.get_running_loop().create_future()
         self.verifying[sha] = future
         try:
-            outcome = await self._verify_and_store(seen, path)
+            outcome = await self._verify_and_store(seen, run, path)
             future.set_result(outcome)
             return outcome
         except Rejection as rejection:
@@ -281,7 +285,7 @@ class Submissions:
             future.exception()  # retrieved: waiting requests re-raise their own copy
             self.verifying.pop(sha, None)
 
-    async def _verify_and_store(self, seen: Peek, path: Path) -> tuple[int, SubmissionOut]:
+    async def _verify_and_store(self, seen: Peek, run: str, path: Path) -> tuple[int, SubmissionOut]:
         keyring = await run_in_threadpool(self.store.keyring)
         job = Job(str(path), keyring, self.limits, f"{seen.sha256}.tar")
         try:
@@ -291,7 +295,7 @@ class Submissions:
         rejection = _verdict(result)
         if rejection is not None:
             raise rejection
-        fields = {**result["entry"], "run_sha256": seen.run_sha256}
+        fields = {**result["entry"], "run_sha256": run}
         try:
             check_entry(fields)  # (8)
         except Unfit as err:
