@@ -474,9 +474,16 @@ def test_migration_keeps_entries_scrubs_paths_and_refuses_infinity(db: str, requ
             "1, 'k', :at, 1, 'n', 'kd', 'm', 'estimated', :no, '[]', '{}', '[]', :report)"),
             {"at": "2026-11-01", "no": False, "report": json.dumps({"bundle": {"path": "/srv/incoming/upload-1.tar"}})})
         connection.execute(text("INSERT INTO scores VALUES (1, 'student', 'tiny_task', 0.5)"))
+        connection.execute(text(
+            "INSERT INTO entries (id, bundle_sha256, team_id, key_id, submitted_at, size_bytes, name, pipeline, "
+            "manifest_sha256, energy_tier, containerised, methods, summary, stages, verify_report) VALUES (2, 'inf', "
+            "1, 'k', :at, 1, 'n', 'kd', 'm', 'estimated', :no, '[]', '{}', '[]', '{}')"), {"at": "2026-11-01",
+                                                                                         "no": False})
+        connection.execute(text("INSERT INTO scores VALUES (2, 'student', 'tiny_task', :inf)"), {"inf": float("inf")})
     engine.dispose()
     store = Store(url)
     try:
+        assert [e.bundle_sha256 for e in store.entries()] == ["abc"]  # the Infinity entry hidden, not lost
         assert store.entries()[0].scores == {"student": {"tiny_task": 0.5}}  # scores kept through the upgrade
         assert store.entry_detail("abc").verify_report["bundle"]["path"] == "abc.tar"  # type: ignore[union-attr]
         with pytest.raises(IntegrityError), store.engine.begin() as connection:

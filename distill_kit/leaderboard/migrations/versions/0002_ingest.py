@@ -33,6 +33,7 @@ def upgrade() -> None:
         for column in ENTRY_FIGURES:
             op.create_check_constraint(f"ck_entries_{column}_finite", "entries",
                                        f"{column} IS NULL OR {column} {FINITE}")
+    _hide_poisoned()
     with op.batch_alter_table("scores") as batch:
         batch.create_check_constraint("ck_scores_score_finite", f"score {FINITE}")
     _scrub_report_paths()
@@ -46,6 +47,15 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(64), nullable=True),
         sa.Column("reason", sa.Text, nullable=False),
     )
+
+
+def _hide_poisoned() -> None:
+    """An entry stored with a non-finite score (accepted before this schema) is hidden, its bad scores dropped."""
+    bad = f"NOT (score {FINITE})"
+    op.execute(f"UPDATE entries SET hidden = {'1' if op.get_bind().dialect.name == 'sqlite' else 'true'}, "
+               "hidden_reason = 'a non-finite score (hidden by migration 0002)' "
+               f"WHERE id IN (SELECT entry_id FROM scores WHERE {bad})")
+    op.execute(f"DELETE FROM scores WHERE {bad}")
 
 
 def _scrub_report_paths() -> None:
