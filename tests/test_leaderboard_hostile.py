@@ -312,38 +312,44 @@ def _agree(server: Server) -> None:
     assert server.incoming() == []
 
 
+def _stream_and_kill(server: Server, bundles: list[bytes], kill_after: int, threads: int = 4) -> int:
+    """Send ``bundles`` from ``threads`` clients at once; SIGKILL the server once ``kill_after`` were answered
+    (the others in flight: uploading, verifying, storing). Returns how many were answered."""
+    answered, lock = [0], threading.Lock()
+
+    def send(part: list[bytes]) -> None:
+        with httpx.Client(timeout=30) as client:
+            for data in part:
+                try:
+                    client.post(server.url + "/api/submissions", content=data)
+                except httpx.HTTPError:
+                    return
+                with lock:
+                    answered[0] += 1
+
+    workers = [threading.Thread(target=send, args=(bundles[i::threads],)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    while answered[0] < kill_after and any(w.is_alive() for w in workers):
+        time.sleep(0.001)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    server.proc = None
+    for worker in workers:
+        worker.join()
+    return answered[0]
+
+
 def test_kill_9_anywhere_leaves_db_and_store_in_agreement(kit: Kit, make_server: Callable[..., Server]) -> None:
     server = make_server("--rate-per-minute", "100000", "--rate-burst", "10000", "--ip-rate-per-minute", "100000",
                          "--ip-rate-burst", "10000")
     _register(server, kit)
     rng = random.Random(5)
     kills = []
-    for _round in range(3):
-        stop = threading.Event()
-
-        def stream(stop: threading.Event = stop) -> None:
-            with httpx.Client(timeout=30) as client:
-                for data in rng.sample(kit.stream, len(kit.stream)):
-                    if stop.is_set():
-                        return
-                    try:
-                        client.post(server.url + "/api/submissions", content=data)
-                    except httpx.HTTPError:
-                        return
-
-        threads = [threading.Thread(target=stream) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        delay = rng.uniform(0.5, 6.0)
-        time.sleep(delay)
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(timeout=10)
-        server.proc = None
-        stop.set()
-        for thread in threads:
-            thread.join()
-        kills.append(delay)
+    for _round in range(3):  # a 40-submission stream each round, killed at a random point of it
+        kill_after = rng.randint(1, STREAM - 1)
+        kills.append(_stream_and_kill(server, rng.sample(kit.stream, STREAM), kill_after))
         server.start()  # the reconciler runs before the first request
         _agree(server)
     for data in kit.stream:  # the stream completes after the last restart
@@ -352,7 +358,7 @@ def test_kill_9_anywhere_leaves_db_and_store_in_agreement(kit: Kit, make_server:
     assert server.stored() == {sha256(b) for b in kit.stream}
     repairs = [m["reason"] for m in server.get("/api/admin/moderation", headers=AUTH).json()
                if m["action"] == "reconcile"]
-    print(f"\nkill -9 after {', '.join(f'{k:.1f}' for k in kills)} s: DB and store agree every time; "
+    print(f"\nkill -9 after {kills} of {STREAM} answers: DB and store agree every time; "
           f"reconciler: {repairs or 'nothing to repair'}")
     _each_crash_state_is_settled(server, kit)
 
