@@ -228,7 +228,7 @@ class Submissions:
             return 200, _duplicate(existing)
         await run_in_threadpool(self._envelope, seen)  # (4)
         _limit(self.limiter, f"key {seen.key_id}", self.settings.rate_per_minute)  # (5)
-        run = seen.run_sha256()
+        run = await run_in_threadpool(seen.run_sha256)
         if run is None:
             check = CheckOut(name="signature", status="FAIL", reason="the signed statement has no valid subject list")
             raise reject(422, "the bundle does not verify: 1 check(s) failed (signature): the signed statement has "
