@@ -238,7 +238,8 @@ def board(request: pytest.FixtureRequest, kit: Kit, tmp_path_factory: pytest.Tem
         db = _create_database(request.getfixturevalue("postgres"), "leaderboard")
     else:
         db = f"sqlite:///{root / 'board.db'}"
-    server = Server(db, root / "data", ["--rate-per-minute", "100000", "--rate-burst", "10000"])
+    server = Server(db, root / "data", ["--rate-per-minute", "100000", "--rate-burst", "10000",
+                                        "--ip-rate-per-minute", "100000", "--ip-rate-burst", "10000"])
     _register(server, kit)
     server.start()
     for team, name in (("team-b", "b1"), ("team-c", "revoked")):
@@ -319,8 +320,8 @@ def _expect(response: httpx.Response, status: int, words: str) -> dict[str, Any]
 
 def test_bad_uploads_get_a_4xx_with_a_reason(board: Server, kit: Kit) -> None:
     before = board.stored()
-    body = _expect(board.submit(kit.unsigned[0]), 422, "does not verify")
-    assert {"required-files", "signature"} <= {c["name"] for c in body["failed_checks"]}
+    body = _expect(board.submit(kit.unsigned[0]), 422, "it is not signed")
+    assert [c["name"] for c in body["failed_checks"]] == ["signature"]
     body = _expect(board.submit(kit.tampered[0]), 422, "does not verify")
     assert "integrity" in {c["name"] for c in body["failed_checks"]}
     _expect(board.submit(kit.unregistered[0]), 403, "not among the trusted keys")
@@ -424,10 +425,10 @@ def test_200_concurrent_submissions_then_restart(board: Server, kit: Kit) -> Non
 
 
 def test_rate_limit_and_verification_time_limit(kit: Kit, tmp_path: Path) -> None:
-    """A server that allows 2 submissions at once per key (or IP when unsigned), and 1 ms per verification."""
+    """A server that allows 2 submissions at once per registered key, 6 per client address, 1 ms per verification."""
     server = Server(f"sqlite:///{tmp_path / 'strict.db'}", tmp_path / "data",
-                    ["--rate-per-minute", "1", "--rate-burst", "2", "--verify-timeout-s", "0.001",
-                     "--verify-workers", "1"])
+                    ["--rate-per-minute", "1", "--rate-burst", "2", "--ip-rate-per-minute", "1", "--ip-rate-burst",
+                     "6", "--verify-timeout-s", "0.001", "--verify-workers", "1"])
     _register(server, kit)
     server.start()
     try:
@@ -436,9 +437,10 @@ def test_rate_limit_and_verification_time_limit(kit: Kit, tmp_path: Path) -> Non
         limited = server.submit(kit.alpha)
         _expect(limited, 429, "too many submissions from key")
         assert int(limited.headers["Retry-After"]) > 0
-        _expect(server.submit(kit.unsigned[0]), 422, "")  # another bucket: the client IP
-        _expect(server.submit(kit.unsigned[1]), 422, "")
-        _expect(server.submit(kit.unsigned[2]), 429, "too many submissions from ip 127.0.0.1")
+        _expect(server.submit(kit.unsigned[0]), 422, "not signed")  # counts against the address only
+        _expect(server.submit(kit.unsigned[1]), 422, "not signed")
+        _expect(server.submit(kit.unsigned[2]), 422, "not signed")
+        _expect(server.submit(kit.unsigned[3]), 429, "too many submissions from address 127.0.0.1")
         assert server.get("/api/health").json()["entries"] == 0 and server.stored() == set()
     finally:
         server.stop()

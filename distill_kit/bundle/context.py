@@ -67,6 +67,18 @@ def eval_evidence(parts: list[str]) -> bool:
     return parts[2] == "lm_eval" and len(parts) == 6 and parts[5].endswith((".json", ".jsonl"))
 
 
+def _gunzip_bounded(raw: bytes, limit: int) -> bytes | None:
+    """The gzip stream decompressed in chunks (never a buffer of ``limit`` bytes up front); None past ``limit``."""
+    chunks, total = [], 0
+    with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+        while chunk := gz.read(min(1 << 20, limit + 1 - total) or 1):
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def stage_member(stage: str, file: str) -> str:
     return f"{RUN_PREFIX}stages/{stage}/{file}"
 
@@ -202,11 +214,10 @@ class VerifyContext:
             name = stage_member(stage, "trace.csv.gz")
             raw = self.data(name)
             try:
-                with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
-                    text = gz.read(self.limits.max_trace_bytes + 1)
+                text = _gunzip_bounded(raw, self.limits.max_trace_bytes)
             except (OSError, EOFError, zlib.error) as err:
                 raise VerificationError(f"{name} is not a readable gzip stream: {err}") from err
-            if len(text) > self.limits.max_trace_bytes:
+            if text is None:
                 raise VerificationError(f"{name} is over {self.limits.max_trace_bytes} bytes uncompressed "
                                         "(the verifier's limit)")
             return parse_trace(text.decode("utf-8", errors="replace"))

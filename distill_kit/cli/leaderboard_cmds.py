@@ -1,4 +1,4 @@
-"""``distill-kit leaderboard serve|add-key|revoke-key|keys`` and ``distill-kit submit``."""
+"""``distill-kit leaderboard serve|add-key|revoke-key|keys|hide|delete|ban-key`` and ``distill-kit submit``."""
 
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ def serve(
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     data_dir: Path = typer.Option(Path("leaderboard-data"), "--data-dir", help=DATA_HELP),
     max_upload_mb: float = typer.Option(512, "--max-upload-mb", help="Largest bundle accepted (MiB)."),
-    rate_per_minute: float = typer.Option(30, "--rate-per-minute", help="Submissions per signing key (or client "
-                                          "IP when unsigned) per minute."),
+    rate_per_minute: float = typer.Option(30, "--rate-per-minute", help="Submissions per minute per registered "
+                                          "key (counted once its signature verified)."),
     rate_burst: int = typer.Option(10, "--rate-burst", help="Submissions a key may send at once."),
+    ip_rate_per_minute: float = typer.Option(60, "--ip-rate-per-minute", help="Submissions per minute per client "
+                                             "address (counted before any work)."),
+    ip_rate_burst: int = typer.Option(20, "--ip-rate-burst", help="Submissions an address may send at once."),
     verify_timeout_s: float = typer.Option(120, "--verify-timeout-s", help="Time limit of one verification."),
     workers: int = typer.Option(2, "--verify-workers", help="Verifier processes."),
     header_timeout_s: float = typer.Option(SERVING.header_timeout_s, "--header-timeout-s", help="Close a "
@@ -64,6 +67,12 @@ def serve(
                                        "pages' plots."),
     render_timeout_s: float = typer.Option(SERVING.render_timeout_s, "--render-timeout-s", help="Time limit of "
                                            "one plot (its process is killed past it)."),
+    verify_memory_mb: int = typer.Option(512, "--verify-memory-mb", help="Address-space limit of a verifier "
+                                         "process (MiB)."),
+    verify_cpu_s: int = typer.Option(120, "--verify-cpu-s", help="CPU-time limit of one verification (s)."),
+    max_trace_mb: float = typer.Option(16, "--max-trace-mb", help="Largest stage trace read (MiB, uncompressed)."),
+    max_document_mb: float = typer.Option(8, "--max-document-mb", help="Largest JSON document or journal read "
+                                          "(MiB)."),
 ) -> int:
     """Run the leaderboard server (admin API enabled when DISTILL_KIT_LEADERBOARD_TOKEN is set)."""
     from distill_kit.leaderboard.config import Settings
@@ -72,10 +81,13 @@ def serve(
     if not 0 < port < 65536:
         raise InvalidInput(f"--port must be between 1 and 65535 (got {port})")
     settings = Settings(data_dir=data_dir, db_url=db, max_upload_bytes=int(max_upload_mb * (1 << 20)),
-                        rate_per_minute=rate_per_minute, rate_burst=rate_burst, verify_timeout_s=verify_timeout_s,
-                        verify_workers=workers, header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
-                        keep_alive_s=keep_alive_s, max_connections=max_connections, backlog=backlog,
-                        max_header_bytes=max_header_bytes, render_workers=render_workers,
+                        rate_per_minute=rate_per_minute, rate_burst=rate_burst, ip_rate_per_minute=ip_rate_per_minute,
+                        ip_rate_burst=ip_rate_burst, verify_timeout_s=verify_timeout_s, verify_workers=workers,
+                        verify_memory_mb=verify_memory_mb, verify_cpu_s=verify_cpu_s,
+                        max_trace_bytes=int(max_trace_mb * (1 << 20)),
+                        max_document_bytes=int(max_document_mb * (1 << 20)), header_timeout_s=header_timeout_s,
+                        body_timeout_s=body_timeout_s, keep_alive_s=keep_alive_s, max_connections=max_connections,
+                        backlog=backlog, max_header_bytes=max_header_bytes, render_workers=render_workers,
                         render_timeout_s=render_timeout_s)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _store(db, data_dir).close()  # reach and migrate the database first: a bad --db is one message, exit 2
@@ -110,6 +122,48 @@ def revoke_key(
     """Revoke a registered key: its bundles are refused from now on."""
     key = _store(db, data_dir).revoke_key(key_id, reason)
     _console().print(f"revoked: key {key.key_id} of team {key.team} ({key.revoked_reason})")
+    return 0
+
+
+@app.command("hide")
+def hide(
+    sha256: str = typer.Argument(..., help="The entry's bundle sha256."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded with the time)."),
+    undo: bool = typer.Option(False, "--undo", help="Show the entry again."),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
+    data_dir: Path = typer.Option(Path("leaderboard-data"), "--data-dir", help=DATA_HELP),
+) -> int:
+    """Hide an entry: it leaves every list, frontier and page, and stays in the database."""
+    done = _store(db, data_dir).hide(sha256, reason, hidden=not undo)
+    _console().print(f"{done.action}: entry {done.bundle_sha256} ({done.reason})")
+    return 0
+
+
+@app.command("delete")
+def delete(
+    sha256: str = typer.Argument(..., help="The entry's bundle sha256."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded with the time)."),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
+    data_dir: Path = typer.Option(Path("leaderboard-data"), "--data-dir", help=DATA_HELP),
+) -> int:
+    """Delete an entry and its stored bundle; the run stays refused (the moderation log says why)."""
+    from distill_kit.leaderboard.config import Settings
+
+    done = _store(db, data_dir).delete(sha256, reason, Settings(data_dir=data_dir).bundles_dir)
+    _console().print(f"deleted: entry {done.bundle_sha256} ({done.reason})")
+    return 0
+
+
+@app.command("ban-key")
+def ban_key(
+    key_id: str = typer.Argument(..., help="The key id (sha256 of the raw public key)."),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded with the time)."),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
+    data_dir: Path = typer.Option(Path("leaderboard-data"), "--data-dir", help=DATA_HELP),
+) -> int:
+    """Ban a key: revoked (its bundles refused from now on), the ban recorded."""
+    done = _store(db, data_dir).ban_key(key_id, reason)
+    _console().print(f"banned: key {done.key_id} ({done.reason})")
     return 0
 
 

@@ -6,33 +6,38 @@ Startup migrates the database to the newest schema and starts the verifier proce
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Message, Receive
 
 from distill_kit import __version__
 from distill_kit.errors import InvalidInput
 from distill_kit.leaderboard import pages
-from distill_kit.leaderboard.config import ADMIN_TOKEN_ENV, Settings
+from distill_kit.leaderboard.config import ADMIN_MAX_BODY_BYTES, ADMIN_TOKEN_ENV, Settings
 from distill_kit.leaderboard.models import (
     EntryDetail,
     EntryList,
     Health,
     KeyIn,
     KeyOut,
+    ModerationIn,
+    ModerationOut,
     ParetoOut,
+    ReplicationList,
     RevokeIn,
     SubmissionOut,
     TaskCount,
 )
 from distill_kit.leaderboard.render import RenderBusy, RenderFailed, Renders
 from distill_kit.leaderboard.security import LOG, PathScrubber, SecurityMiddleware, server_path_pattern
-from distill_kit.leaderboard.store import EntryFilter, KeyConflict, Store, UnknownKey
+from distill_kit.leaderboard.store import EntryFilter, KeyConflict, Store, UnknownEntry, UnknownKey
 from distill_kit.leaderboard.submissions import Rejection, Submissions
 from distill_kit.leaderboard.verifier import VerifierPool
 
@@ -47,10 +52,13 @@ UPLOAD_BODY = {"requestBody": {"required": True, "description": "the bundle (.ta
 SUBMIT_RESPONSES = {
     201: {"model": SubmissionOut, "description": "accepted: verified, signed by a registered key, stored"},
     400: {"model": SubmissionOut, "description": "malformed upload: empty, bad multipart, not a tar"},
-    403: {"model": SubmissionOut, "description": "signing key unregistered or revoked"},
+    403: {"model": SubmissionOut, "description": "signing key unregistered or revoked (from the envelope alone)"},
+    409: {"model": SubmissionOut, "description": "another bundle of the same run is on the board (named)"},
     413: {"model": SubmissionOut, "description": "over the upload size limit"},
-    422: {"model": SubmissionOut, "description": "the bundle fails verification (failing checks listed)"},
-    429: {"model": SubmissionOut, "description": "too many submissions from this key (or IP when unsigned)"},
+    422: {"model": SubmissionOut, "description": "the bundle fails verification (failing checks listed), hits the "
+          "verifier's memory or CPU limit, or holds figures the board refuses (the field named)"},
+    429: {"model": SubmissionOut, "description": "too many submissions from this client address, or from this "
+          "registered key"},
 }
 
 
@@ -99,7 +107,9 @@ class Board:
         for stale in settings.incoming_dir.glob("upload-*.tar"):  # a crash mid-upload: never an entry
             stale.unlink(missing_ok=True)
         self._store = Store(settings.url)
-        self.pool = VerifierPool(settings.verify_workers, settings.verify_timeout_s)
+        self._store.reconcile(settings.bundles_dir)  # a crash mid-store: complete or remove, never half an entry
+        self.pool = VerifierPool(settings.verify_workers, settings.verify_timeout_s, settings.verify_memory_mb,
+                                 settings.verify_cpu_s)
         self.pool.start()
         self.submissions = Submissions(settings, self._store, self.pool)
 
@@ -187,28 +197,35 @@ def _api(app: FastAPI, board: Board) -> None:
         """Student quality on `task` vs total energy (teacher included) of every entry; the frontier marked."""
         return store().pareto(task)
 
+    _replications_api(app, board)
+
+
+def _replications_api(app: FastAPI, board: Board) -> None:
+    @app.get("/api/replications", response_model=ReplicationList, tags=["api"])
+    def replications() -> ReplicationList:
+        """Entries of the same resolved manifest from different teams: their spread in energy and per task, and
+        which agree within the stated uncertainties (``replicated``)."""
+        groups = board.store.replications()
+        return ReplicationList(count=len(groups), groups=groups)
+
 
 
 def _admin_api(app: FastAPI, board: Board) -> None:
+    """The admin routes: the token is checked from the headers before any byte of the body is read, and bodies
+    are bounded (``ADMIN_MAX_BODY_BYTES``)."""
     settings = board.settings
 
     def store() -> Store:
         return board.store
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not settings.admin_token:
-            raise HTTPException(503, f"the admin API is disabled: start the server with {ADMIN_TOKEN_ENV} set")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
-            raise HTTPException(401, "admin token missing or wrong (Authorization: Bearer TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
+    admin = APIRouter(route_class=_admin_route(settings), tags=["admin"], responses={
+        401: {"description": "admin token missing or wrong"}, 413: {"description": "body over 64 KiB"}})
 
-    @app.get("/api/admin/keys", response_model=list[KeyOut], tags=["admin"], dependencies=[Depends(admin)])
+    @admin.get("/api/admin/keys", response_model=list[KeyOut])
     def keys() -> list[KeyOut]:
         return store().keys()
 
-    @app.post("/api/admin/keys", response_model=KeyOut, status_code=201, tags=["admin"],
-              dependencies=[Depends(admin)])
+    @admin.post("/api/admin/keys", response_model=KeyOut, status_code=201)
     def add_key(body: KeyIn) -> JSONResponse:
         """Register a team's Ed25519 public key (the team is created if new)."""
         try:
@@ -219,14 +236,96 @@ def _admin_api(app: FastAPI, board: Board) -> None:
             raise HTTPException(400, str(err)) from err
         return JSONResponse(key.model_dump(mode="json"), 201 if created else 200)
 
-    @app.post("/api/admin/keys/{key_id}/revoke", response_model=KeyOut, tags=["admin"],
-              dependencies=[Depends(admin)])
+    @admin.post("/api/admin/keys/{key_id}/revoke", response_model=KeyOut)
     def revoke_key(key_id: str, body: RevokeIn) -> KeyOut:
         """Revoke a key: its bundles are refused from now on (entries already accepted stay)."""
         try:
             return store().revoke_key(key_id, body.reason)
         except UnknownKey as err:
             raise HTTPException(404, str(err)) from err
+
+    _moderation_api(admin, board)
+    app.include_router(admin)
+
+
+def _moderation_api(admin: APIRouter, board: Board) -> None:
+    def store() -> Store:
+        return board.store
+
+    @admin.post("/api/admin/keys/{key_id}/ban", response_model=ModerationOut)
+    def ban_key(key_id: str, body: ModerationIn) -> ModerationOut:
+        """Ban a key: revoked (its bundles refused from now on) and the ban recorded with its reason."""
+        try:
+            return store().ban_key(key_id, body.reason)
+        except UnknownKey as err:
+            raise HTTPException(404, str(err)) from err
+
+    @admin.post("/api/admin/entries/{sha256}/hide", response_model=ModerationOut)
+    def hide(sha256: Sha256Path, body: ModerationIn) -> ModerationOut:
+        """Hide an entry: gone from lists, frontiers and pages; kept in the database (undo: .../unhide)."""
+        return _moderated(lambda: store().hide(sha256, body.reason))
+
+    @admin.post("/api/admin/entries/{sha256}/unhide", response_model=ModerationOut)
+    def unhide(sha256: Sha256Path, body: ModerationIn) -> ModerationOut:
+        return _moderated(lambda: store().hide(sha256, body.reason, hidden=False))
+
+    @admin.post("/api/admin/entries/{sha256}/delete", response_model=ModerationOut)
+    def delete(sha256: Sha256Path, body: ModerationIn) -> ModerationOut:
+        """Delete an entry and its stored bundle; its run stays refused (the moderation log says why)."""
+        return _moderated(lambda: store().delete(sha256, body.reason, board.settings.bundles_dir))
+
+    @admin.get("/api/admin/moderation", response_model=list[ModerationOut])
+    def moderation() -> list[ModerationOut]:
+        """Every moderation action, oldest first."""
+        return store().moderation()
+
+
+def _admin_route(settings: Settings) -> type[APIRoute]:
+    """A route class that authorises from the headers and bounds the body before FastAPI reads any of it."""
+    def authorise(request: Request) -> None:
+        if not settings.admin_token:
+            raise HTTPException(503, f"the admin API is disabled: start the server with {ADMIN_TOKEN_ENV} set")
+        given = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
+            raise HTTPException(401, "admin token missing or wrong (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > ADMIN_MAX_BODY_BYTES):
+            raise HTTPException(413, f"an admin request body is at most {ADMIN_MAX_BODY_BYTES:,} bytes")
+
+    class AdminRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                authorise(request)  # before FastAPI reads and parses the body
+                return await handler(Request(request.scope, _bounded(request.receive, ADMIN_MAX_BODY_BYTES)))
+
+            return checked
+
+    return AdminRoute
+
+
+def _moderated(action: Callable[[], ModerationOut]) -> ModerationOut:
+    try:
+        return action()
+    except UnknownEntry as err:
+        raise HTTPException(404, str(err)) from err
+
+
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """``receive`` that refuses (413) a body growing past ``limit`` bytes (a chunked one declares no length)."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise HTTPException(413, f"an admin request body is at most {limit:,} bytes")
+        return message
+
+    return wrapped
 
 
 def _pages(app: FastAPI, board: Board) -> None:

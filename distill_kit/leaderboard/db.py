@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+PENDING, STORED, MISSING = "pending", "stored", "missing"
 
 
 def utcnow() -> datetime:
@@ -63,7 +64,11 @@ class SigningKey(Base):
 
 
 class Entry(Base):
-    """An accepted bundle: stored at ``bundles/<bundle_sha256>.tar``, with the figures the pages rank by."""
+    """An accepted bundle: stored at ``bundles/<bundle_sha256>.tar``, with the figures the pages rank by.
+
+    ``state`` is ``pending`` from the insert until the bundle file is durably in place, then ``stored``; only
+    stored entries that are not ``hidden`` are shown. ``run_sha256`` is the run's identity (one run, one entry).
+    """
 
     __tablename__ = "entries"
 
@@ -89,6 +94,11 @@ class Entry(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
     stages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     verify_report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    run_sha256: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    state: Mapped[str] = mapped_column(String(10), default=STORED)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    hidden_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    hidden_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     team: Mapped[Team] = relationship()
     scores: Mapped[list[Score]] = relationship(back_populates="entry", cascade="all, delete-orphan",
@@ -106,6 +116,20 @@ class Score(Base):
     score: Mapped[float] = mapped_column(Float)
 
     entry: Mapped[Entry] = relationship(back_populates="scores")
+
+
+class Moderation(Base):
+    """A moderator's action (hide, delete, ban-key), or the reconciler's repair, with its reason and time."""
+
+    __tablename__ = "moderation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(20))
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    run_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class KeyOut(BaseModel):
@@ -17,14 +18,48 @@ class KeyOut(BaseModel):
     revoked_reason: str | None = None
 
 
+def _plain(value: str, what: str, multiline: bool = False) -> str:
+    from distill_kit.leaderboard.ingest import BIDI
+
+    allowed = {"\n", "\t"} if multiline else set()
+    bad = next((c for c in value if c in BIDI or (unicodedata.category(c).startswith("C") and c not in allowed)),
+               None)
+    if bad is not None:
+        raise ValueError(f"{what} holds the control or formatting character U+{ord(bad):04X}")
+    return value
+
+
 class KeyIn(BaseModel):
     team: str = Field(min_length=1, max_length=200)
     public_key_pem: str = Field(min_length=1, max_length=8192, description="Ed25519 public key (PEM, as "
                                 "`distill-kit keygen` writes PREFIX.pub)")
 
+    @field_validator("team")
+    @classmethod
+    def _team(cls, value: str) -> str:
+        return _plain(value, "the team name")
+
 
 class RevokeIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        return _plain(value, "the reason", multiline=True)
+
+
+class ModerationIn(RevokeIn):
+    """Why a moderator hides or deletes an entry, or bans a key (recorded with the time)."""
+
+
+class ModerationOut(BaseModel):
+    action: Literal["hide", "unhide", "delete", "ban-key", "reconcile"]
+    at: datetime
+    bundle_sha256: str | None = None
+    run_sha256: str | None = None
+    key_id: str | None = None
+    reason: str
 
 
 class Tier(BaseModel):
@@ -57,11 +92,59 @@ class EntryOut(BaseModel):
     bundle_url: str
 
 
+class TaskQuality(BaseModel):
+    score: float
+    n: int | None = Field(description="samples evaluated (None: not stated)")
+    se: float | None = Field(description="binomial standard error sqrt(p(1-p)/n); None when it cannot be given")
+
+
+class ReplicaOut(BaseModel):
+    bundle_sha256: str
+    team: str
+    name: str
+    total_energy_j: float | None
+    energy_uncertainty_j: float | None = Field(description="the run's stated uncertainty (domains in quadrature)")
+    quality: dict[str, TaskQuality] = Field(description="the student's score per task")
+    replicated: bool = Field(description="another team's entry agrees with this one within the stated "
+                             "uncertainties (energy) and 2 combined standard errors (every shared task)")
+    agrees_with: list[str] = Field(description="bundle sha256s of the other teams' entries that agree")
+
+
+class EnergySpread(BaseModel):
+    min_j: float | None
+    max_j: float | None
+    relative_spread: float | None = Field(description="(max - min) / mean of min and max")
+
+
+class TaskSpread(BaseModel):
+    task: str
+    min: float
+    max: float
+    spread: float
+    entries: int
+
+
+class ReplicationGroup(BaseModel):
+    manifest_sha256: str
+    teams: list[str]
+    entries: list[ReplicaOut]
+    energy: EnergySpread
+    quality: list[TaskSpread]
+    replicated: bool
+
+
+class ReplicationList(BaseModel):
+    count: int
+    groups: list[ReplicationGroup]
+
+
 class EntryDetail(EntryOut):
     stages: list[dict[str, Any]] = Field(description="per stage: time, tokens, energy by domain with method")
     eval_tasks: list[dict[str, Any]] = Field(description="per (model, task) evaluation window: score and energy")
     summary: dict[str, Any]
     verify_report: dict[str, Any]
+    replications: ReplicationGroup | None = Field(default=None, description="the other teams' entries of the same "
+                                                  "resolved manifest, when there are any")
 
 
 class EntryList(BaseModel):
@@ -99,6 +182,7 @@ class SubmissionOut(BaseModel):
     status: Literal["accepted", "rejected"]
     reason: str
     duplicate: bool = False
+    duplicate_of: str | None = Field(default=None, description="the entry (bundle sha256) holding the same run")
     bundle_sha256: str | None = None
     entry: EntryOut | None = None
     failed_checks: list[CheckOut] = Field(default_factory=list)

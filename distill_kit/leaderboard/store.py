@@ -1,24 +1,50 @@
 """The leaderboard's SQL store: teams and keys, entries and their scores, the rankings and frontiers.
 
-Every method opens its own short session (safe from any thread). Entries are unique by bundle sha256: adding one
-twice returns the first (``created=False``), whichever request won the race.
+Every method opens its own short session (safe from any thread). Entries are unique by bundle sha256 (adding one
+twice returns the first, ``created=False``) and by run (``run_sha256``: another bundle of the same run raises
+``DuplicateRun``). An entry is inserted ``pending``, its bundle file put in place, then marked ``stored``;
+``reconcile`` (at start-up) settles whatever a crash left between those steps. Only stored entries that are not
+hidden are listed, ranked, counted or shown.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from distill_kit.bundle.keys import key_id, keyring_entry, public_key_from_pem, public_key_pem
 from distill_kit.errors import InvalidInput
-from distill_kit.leaderboard.db import Entry, Score, SigningKey, Team, make_engine, migrate
-from distill_kit.leaderboard.models import EntryDetail, EntryOut, KeyOut, ParetoOut, ParetoPoint, Tier
+from distill_kit.leaderboard import replication
+from distill_kit.leaderboard.db import (
+    MISSING,
+    PENDING,
+    STORED,
+    Entry,
+    Moderation,
+    Score,
+    SigningKey,
+    Team,
+    make_engine,
+    migrate,
+)
+from distill_kit.leaderboard.models import (
+    EntryDetail,
+    EntryOut,
+    KeyOut,
+    ModerationOut,
+    ParetoOut,
+    ParetoPoint,
+    ReplicationGroup,
+    Tier,
+)
 from distill_kit.report.analysis import Point, pareto_frontier, run_tier
 
 STUDENT = "student"
@@ -30,6 +56,23 @@ class KeyConflict(InvalidInput):
 
 class UnknownKey(InvalidInput):
     """No such registered key."""
+
+
+class UnknownEntry(InvalidInput):
+    """No such entry."""
+
+
+class DuplicateRun(Exception):
+    """Another entry already holds this run (the same run re-signed or re-packed)."""
+
+    def __init__(self, existing: str, team: str, removed: str | None = None):
+        self.existing, self.team, self.removed = existing, team, removed
+        what = f"was removed by the moderators ({removed})" if removed else f"is entry {existing} (team {team})"
+        super().__init__(f"this run is already on the leaderboard: it {what}")
+
+
+def _visible(query: Any) -> Any:
+    return query.where(Entry.state == STORED, Entry.hidden.is_(False))
 
 
 @dataclass
@@ -69,6 +112,7 @@ class NewEntry:
     stages: list[dict[str, Any]]
     verify_report: dict[str, Any]
     scores: dict[str, dict[str, float]]
+    run_sha256: str | None = None
 
 
 def _utc(when: datetime | None) -> datetime | None:
@@ -176,15 +220,16 @@ class Store:
                                   revoked=k.revoked, revoked_reason=k.revoked_reason) for k in rows]
 
     # -- entries -----------------------------------------------------------------------------------------------
-    def add_entry(self, new: NewEntry) -> tuple[EntryOut, bool]:
-        """Insert the entry (its team is its key's). Returns (entry, created); a duplicate returns the first."""
+    def add_pending(self, new: NewEntry) -> tuple[EntryOut, bool]:
+        """Insert the entry as ``pending`` (its team is its key's). Returns (entry, created): the same bundle
+        already there returns it; another bundle of the same run raises ``DuplicateRun``."""
         fields = {k: v for k, v in new.__dict__.items() if k != "scores"}
         try:
             with self.sessions.begin() as session:
                 key = session.get(SigningKey, new.key_id)
                 if key is None:
                     raise UnknownKey(f"no registered key {new.key_id}")
-                entry = Entry(team_id=key.team_id, **fields)
+                entry = Entry(team_id=key.team_id, state=PENDING, **fields)
                 entry.scores = [Score(model=m, task=t, score=float(s)) for m, tasks in new.scores.items()
                                 for t, s in tasks.items()]
                 session.add(entry)
@@ -192,18 +237,42 @@ class Store:
                 session.refresh(entry)
                 return EntryOut(**entry_out(entry)), True
         except IntegrityError:
-            existing = self.entry(new.bundle_sha256)
-            if existing is None:
-                raise
-            return existing, False
+            existing = self.entry(new.bundle_sha256, visible_only=False)
+            if existing is not None:
+                return existing, False
+            if new.run_sha256 is not None:
+                self.check_run(new.run_sha256)
+            raise
 
-    def _load(self, session: Session, sha: str) -> Entry | None:
-        return session.scalar(select(Entry).where(Entry.bundle_sha256 == sha)
-                              .options(selectinload(Entry.scores), selectinload(Entry.team)))
+    def mark_stored(self, sha: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha).values(state=STORED))
 
-    def entry(self, sha: str) -> EntryOut | None:
+    def discard_pending(self, sha: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(delete(Entry).where(Entry.bundle_sha256 == sha, Entry.state == PENDING))
+
+    def check_run(self, run_sha: str, bundle_sha: str | None = None) -> None:
+        """Raise ``DuplicateRun`` when another bundle than ``bundle_sha`` holds this run, or the moderators deleted
+        one that did (the same bundle, still being stored by another request, is not a duplicate run)."""
         with self.sessions() as session:
-            entry = self._load(session, sha)
+            row = session.execute(select(Entry.bundle_sha256, Team.name).join(Team, Entry.team_id == Team.id)
+                                  .where(Entry.run_sha256 == run_sha)).first()
+            if row is not None and row[0] != bundle_sha:
+                raise DuplicateRun(row[0], row[1])
+            removed = session.scalar(select(Moderation).where(Moderation.run_sha256 == run_sha,
+                                                              Moderation.action == "delete"))
+            if removed is not None:
+                raise DuplicateRun(removed.bundle_sha256 or "", "", removed.reason)
+
+    def _load(self, session: Session, sha: str, visible_only: bool = True) -> Entry | None:
+        query = select(Entry).where(Entry.bundle_sha256 == sha).options(selectinload(Entry.scores),
+                                                                        selectinload(Entry.team))
+        return session.scalar(_visible(query) if visible_only else query)
+
+    def entry(self, sha: str, visible_only: bool = True) -> EntryOut | None:
+        with self.sessions() as session:
+            entry = self._load(session, sha, visible_only)
             return EntryOut(**entry_out(entry)) if entry else None
 
     def entry_detail(self, sha: str) -> EntryDetail | None:
@@ -211,15 +280,17 @@ class Store:
             entry = self._load(session, sha)
             if entry is None:
                 return None
-            return EntryDetail(**entry_out(entry), stages=entry.stages, eval_tasks=_eval_tasks(entry.stages),
-                               summary=entry.summary, verify_report=entry.verify_report)
+            manifest = entry.manifest_sha256
+        return EntryDetail(**entry_out(entry), stages=entry.stages, eval_tasks=_eval_tasks(entry.stages),
+                           summary=entry.summary, verify_report=entry.verify_report,
+                           replications=next(iter(self.replications(manifest)), None))
 
     def count(self) -> int:
         with self.sessions() as session:
-            return session.scalar(select(func.count()).select_from(Entry)) or 0
+            return session.scalar(_visible(select(func.count()).select_from(Entry))) or 0
 
     def _query(self, f: EntryFilter) -> Any:
-        query = select(Entry).options(selectinload(Entry.scores), selectinload(Entry.team))
+        query = _visible(select(Entry).options(selectinload(Entry.scores), selectinload(Entry.team)))
         if f.pipeline:
             query = query.where(Entry.pipeline == f.pipeline)
         if f.team:
@@ -248,8 +319,8 @@ class Store:
 
     def tasks(self) -> list[tuple[str, int]]:
         with self.sessions() as session:
-            rows = session.execute(select(Score.task, func.count()).where(Score.model == STUDENT)
-                                   .group_by(Score.task).order_by(Score.task))
+            rows = session.execute(_visible(select(Score.task, func.count()).join(Entry, Score.entry_id == Entry.id)
+                                            .where(Score.model == STUDENT)).group_by(Score.task).order_by(Score.task))
             return [(task, count) for task, count in rows]
 
     def pareto(self, task: str) -> ParetoOut:
@@ -263,14 +334,147 @@ class Store:
             ParetoPoint(bundle_sha256=e.bundle_sha256, name=e.name, team=e.team, total_energy_j=p.energy_j,
                         quality=p.quality, on_frontier=p.key in on) for e, p in zip(entries, points, strict=True)])
 
-    # -- serving (added for the pages' plot cache) ------------------------------------------------------------
-    def data_version(self) -> tuple[int, int]:
-        """A marker of the entries' state, for caches: (number of entries, highest entry id). Any entry added or
-        deleted changes it; a change made in place to an entry's row must also change it (or rely on the cache's
-        expiry)."""
+    # -- replications ------------------------------------------------------------------------------------------
+    def replications(self, manifest_sha256: str | None = None) -> list[ReplicationGroup]:
+        """Visible entries grouped by resolved manifest, for every manifest that two teams or more have run."""
         with self.sessions() as session:
-            count, highest = session.execute(select(func.count(Entry.id), func.max(Entry.id))).one()
-            return int(count or 0), int(highest or 0)
+            shared = _visible(select(Entry.manifest_sha256).group_by(Entry.manifest_sha256)
+                              .having(func.count(func.distinct(Entry.team_id)) >= 2))
+            if manifest_sha256 is not None:
+                shared = shared.where(Entry.manifest_sha256 == manifest_sha256)
+            manifests = list(session.scalars(shared.order_by(Entry.manifest_sha256)))
+            if not manifests:
+                return []
+            rows = session.scalars(_visible(select(Entry).where(Entry.manifest_sha256.in_(manifests))
+                                            .options(selectinload(Entry.scores), selectinload(Entry.team))
+                                            .order_by(Entry.id)))
+            groups: dict[str, list[replication.Replica]] = {m: [] for m in manifests}
+            for e in rows:
+                scores = {sc.task: sc.score for sc in e.scores if sc.model == STUDENT}
+                groups[e.manifest_sha256].append(replication.replica(
+                    e.bundle_sha256, e.team.name, e.name, e.total_energy_j, e.summary, e.stages, scores))
+        return [replication.group(m, replicas) for m, replicas in groups.items()]
+
+    # -- moderation --------------------------------------------------------------------------------------------
+    def _moderate(self, session: Session, action: str, reason: str, entry: Entry | None = None,
+                  kid: str | None = None) -> ModerationOut:
+        row = Moderation(action=action, reason=reason, bundle_sha256=entry.bundle_sha256 if entry else None,
+                         run_sha256=entry.run_sha256 if entry else None, key_id=kid or (entry.key_id if entry
+                                                                                          else None))
+        session.add(row)
+        session.flush()
+        return ModerationOut(action=action, at=_utc(row.at), bundle_sha256=row.bundle_sha256,  # type: ignore
+                             run_sha256=row.run_sha256, key_id=row.key_id, reason=reason)
+
+    def hide(self, sha: str, reason: str, hidden: bool = True) -> ModerationOut:
+        """Hide an entry (it leaves every list, frontier and page; it stays in the database), or show it again."""
+        with self.sessions.begin() as session:
+            entry = self._load(session, sha, visible_only=False)
+            if entry is None:
+                raise UnknownEntry(f"no entry with bundle sha256 {sha}")
+            entry.hidden, entry.hidden_reason = hidden, reason if hidden else None
+            entry.hidden_at = datetime.now(UTC) if hidden else None
+            return self._moderate(session, "hide" if hidden else "unhide", reason, entry)
+
+    def delete(self, sha: str, reason: str, bundles_dir: Path) -> ModerationOut:
+        """Delete an entry and its stored bundle; the run stays refused (recorded in the moderation log)."""
+        with self.sessions.begin() as session:
+            entry = self._load(session, sha, visible_only=False)
+            if entry is None:
+                raise UnknownEntry(f"no entry with bundle sha256 {sha}")
+            out = self._moderate(session, "delete", reason, entry)
+            session.delete(entry)
+        (Path(bundles_dir) / f"{sha}.tar").unlink(missing_ok=True)  # a crash before this: reconcile removes it
+        return out
+
+    def ban_key(self, kid: str, reason: str) -> ModerationOut:
+        """Revoke a key (its bundles are refused from now on) and record the ban."""
+        self.revoke_key(kid, reason)
+        with self.sessions.begin() as session:
+            return self._moderate(session, "ban-key", reason, kid=kid)
+
+    def moderation(self) -> list[ModerationOut]:
+        with self.sessions() as session:
+            return [ModerationOut(action=m.action, at=_utc(m.at), bundle_sha256=m.bundle_sha256,  # type: ignore
+                                  run_sha256=m.run_sha256, key_id=m.key_id, reason=m.reason)
+                    for m in session.scalars(select(Moderation).order_by(Moderation.id))]
+
+    def _identify_old_entries(self, files: dict[str, Path]) -> int:
+        """Entries from before ``run_sha256`` existed get it from their stored bundle (once); a second entry of a
+        run already identified keeps none (it was accepted before the rule) and is left as it is."""
+        from distill_kit.leaderboard.ingest import peek
+
+        with self.sessions() as session:
+            unknown = list(session.scalars(select(Entry.bundle_sha256).where(Entry.run_sha256.is_(None),
+                                                                             Entry.state == STORED)))
+        identified = 0
+        for sha in unknown:
+            if sha not in files:
+                continue
+            run = peek(files[sha], files[sha].stat().st_size + 1).run_sha256()
+            if run is None:
+                continue
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha)
+                                    .values(run_sha256=run))
+                identified += 1
+            except IntegrityError:
+                continue
+        return identified
+
+    # -- crash recovery ----------------------------------------------------------------------------------------
+    def reconcile(self, bundles_dir: Path) -> dict[str, int]:
+        """Make the database and ``bundles_dir`` agree after a crash: a pending entry whose bundle is in place is
+        completed (the file is renamed there only once verified), one without is removed; a bundle file with no
+        entry is deleted; a stored entry whose file is gone is set aside (``missing``, not shown)."""
+        bundles_dir = Path(bundles_dir)
+        files = {p.name.removesuffix(".tar"): p for p in bundles_dir.glob("*.tar")}
+        done = {"completed": 0, "dropped": 0, "orphans": 0, "missing": 0}
+        with self.sessions.begin() as session:
+            rows = session.execute(select(Entry.bundle_sha256, Entry.state)).all()
+            known = {sha for sha, _ in rows}
+            for sha, state in rows:
+                if state == PENDING and sha in files:
+                    session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha).values(state=STORED))
+                    done["completed"] += 1
+                elif state == PENDING:
+                    session.execute(delete(Entry).where(Entry.bundle_sha256 == sha))
+                    done["dropped"] += 1
+                elif state == STORED and sha not in files:
+                    session.execute(Entry.__table__.update().where(Entry.bundle_sha256 == sha).values(state=MISSING))
+                    done["missing"] += 1
+        done["identified"] = self._identify_old_entries(files)
+        for sha, path in files.items():
+            if sha not in known:
+                path.unlink(missing_ok=True)
+                done["orphans"] += 1
+        for partial in bundles_dir.glob("*.tar.tmp*"):
+            partial.unlink(missing_ok=True)
+        if done["orphans"]:
+            _sync(bundles_dir)
+        if any(done.values()):
+            with self.sessions.begin() as session:
+                self._moderate(session, "reconcile", "start-up repair: " + ", ".join(
+                    f"{n} {what}" for what, n in done.items() if n))
+        return done
+
+
+def _sync(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+    # -- serving (added for the pages' plot cache) ------------------------------------------------------------
+    def data_version(self) -> tuple[int, int, int]:
+        """A marker of the entries' state, for caches: (visible entries, highest entry id, moderation actions).
+        Any entry added, deleted, hidden or shown again changes it."""
+        with self.sessions() as session:
+            count, highest = session.execute(_visible(select(func.count(Entry.id), func.max(Entry.id)))).one()
+            moderated = session.execute(select(func.count(Moderation.id))).scalar_one()
+            return int(count or 0), int(highest or 0), int(moderated or 0)
 
     def pareto_lean(self, task: str) -> ParetoOut:
         """``pareto(task)`` in one query of the five columns it needs: the same entries (``_query``'s filters),

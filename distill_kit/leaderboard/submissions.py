@@ -1,41 +1,52 @@
-"""Receiving a submission: bounded upload, rate limit, verification in a worker, then stored once or kept nowhere.
+"""Receiving a submission: refused as early and as cheaply as possible, verified in a bounded worker, then stored
+once (and whole) or kept nowhere.
 
 The procedure (``Submissions.handle``):
-(1) stream the upload (raw body or the one file of a multipart form) into ``incoming/``, refusing it past the size
+(1) rate limit per client address, before anything is read (429);
+(2) stream the upload (raw body or the one file of a multipart form) into ``incoming/``, refusing it past the size
     limit (413) and refusing an empty or malformed one (400);
-(2) read the archive once, bounded, for its sha256 and signer.pub: not a tar at all is a 400;
-(3) rate limit per signing key, or per client IP when the bundle carries no usable key (429);
-(4) a bundle already on the board is answered at once (idempotent: 200, ``duplicate``);
-(5) verify in a worker process against the registered keys, with a time limit; the same bundle arriving twice
-    meanwhile shares one verification;
-(6) a bundle that fails is deleted and answered with its failing checks: 403 when only the signer's key is the
-    problem (unregistered, revoked), otherwise 422;
-(7) a bundle that passes is moved (fsync'd, atomic rename) to ``bundles/<sha256>.tar``, then its entry is added
-    (201), the team being the signing key's.
+(3) read the archive once, bounded, for its sha256 and its envelope alone (``ingest.peek``): not a tar at all is a
+    400; a bundle already on the board is answered at once (idempotent: 200, ``duplicate``);
+(4) refuse from the envelope alone, before any run/ member is parsed: unsigned or a signature that does not hold
+    (422), a key not registered or revoked (403);
+(5) rate limit per registered key whose signature verified (429): nobody else's uploads count against a team;
+(6) one run, one entry: another bundle of a run already on the board (re-signed, re-packed) is a 409 naming it;
+(7) verify in a worker process under memory, CPU-time and wall-time limits, with the leaderboard's tight reading
+    limits; the same bundle arriving twice meanwhile shares one verification; a bundle that fails is answered with
+    its failing checks (422), as is one whose ``quality`` or ``rehearsal`` check only WARNs;
+(8) the figures it would add are checked (finite numbers, bounded counts and lengths, no control or bidi
+    characters: 422 naming the field) before anything is stored;
+(9) stored in an order that survives a crash anywhere: the entry inserted ``pending`` (one transaction), the
+    upload fsync'd and renamed to ``bundles/<sha256>.tar`` (the folder fsync'd), then the entry marked ``stored``
+    (201). A database error leaves no file; the start-up reconciler settles whatever a kill left half done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
+from distill_kit.bundle.archive import Limits
 from distill_kit.leaderboard.config import Settings
+from distill_kit.leaderboard.ingest import Peek, Unfit, check_entry, peek
 from distill_kit.leaderboard.models import CheckOut, SubmissionOut
-from distill_kit.leaderboard.store import NewEntry, Store
+from distill_kit.leaderboard.store import DuplicateRun, NewEntry, Store
 from distill_kit.leaderboard.verifier import Job, VerificationTimeout, VerifierPool, WorkerCrashed
 
 CHUNK = 1 << 16
 KEY_CHECK = "trusted-key"
+REFUSED_WARNINGS = frozenset({"quality", "rehearsal"})  # scores without evidence: a warning to a reader, refused here
 
 
 class Rejection(Exception):
@@ -46,8 +57,8 @@ class Rejection(Exception):
         self.status, self.out, self.headers = status, out, headers or {}
 
 
-def reject(status: int, reason: str, **fields: Any) -> Rejection:
-    return Rejection(status, SubmissionOut(status="rejected", reason=reason, **fields))
+def reject(status: int, reason: str, headers: dict[str, str] | None = None, **fields: Any) -> Rejection:
+    return Rejection(status, SubmissionOut(status="rejected", reason=reason, **fields), headers)
 
 
 class TooLarge(Exception):
@@ -148,33 +159,6 @@ async def receive_upload(request: Request, incoming: Path, limit: int) -> tuple[
     return path, size
 
 
-@dataclass(frozen=True)
-class Peek:
-    sha256: str
-    signer_key_id: str | None
-    problem: str | None  # the archive cannot be read at all
-
-
-def peek(path: Path, limit: int) -> Peek:
-    """(2) One bounded pass over the archive: its sha256, and the key id of signer.pub if it holds a usable one."""
-    from distill_kit.bundle.archive import Limits, scan_archive
-    from distill_kit.bundle.keys import key_id, public_key_from_pem
-    from distill_kit.bundle.statement import SIGNER_PUB
-    from distill_kit.errors import KeyFileError
-
-    scan = scan_archive(path, Limits(max_total_bytes=limit), lambda name: name == SIGNER_PUB)
-    if scan.fatal is not None or scan.entries == 0:
-        return Peek(scan.sha256 or "", None, scan.fatal or "the archive holds no members")
-    member = scan.members.get(SIGNER_PUB)
-    kid = None
-    if member is not None and member.data is not None:
-        try:
-            kid = key_id(public_key_from_pem(member.data, SIGNER_PUB))
-        except KeyFileError:
-            kid = None
-    return Peek(scan.sha256 or "", kid, None)
-
-
 def _durable_move(source: Path, target: Path) -> None:
     """(7) fsync the upload, rename it into place, fsync the folder: the stored bundle survives a crash."""
     with open(source, "rb") as handle:
@@ -193,9 +177,15 @@ def _failed_checks(report: dict[str, Any]) -> list[CheckOut]:
 
 
 def _verdict(result: dict[str, Any]) -> Rejection | None:
-    """(6) The rejection for a verification result, or None when the bundle is accepted."""
+    """(7) The rejection for a verification result, or None when the bundle is accepted. A WARN of a check in
+    ``REFUSED_WARNINGS`` is a refusal here (the CLI's verify only warns)."""
     report = result["report"]
     failed = _failed_checks(report)
+    warned = [CheckOut(**r) for r in report["results"] if r["status"] == "WARN" and r["name"] in REFUSED_WARNINGS]
+    if warned and not failed:
+        names = ", ".join(c.name for c in warned)
+        return reject(422, f"the leaderboard refuses a bundle whose {names} check warns: {warned[0].reason}",
+                      bundle_sha256=report["bundle"]["sha256"], failed_checks=warned, verify_report=report)
     key = next((r for r in report["results"] if r["name"] == KEY_CHECK), None)
     if not failed and key is not None and key["status"] == "PASS":
         return None
@@ -215,34 +205,63 @@ class Submissions:
     def __init__(self, settings: Settings, store: Store, pool: VerifierPool):
         self.settings, self.store, self.pool = settings, store, pool
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+        self.address_limiter = RateLimiter(settings.ip_rate_per_minute, settings.ip_rate_burst)
+        self.limits = Limits(max_total_bytes=settings.max_upload_bytes,
+                             max_member_bytes=settings.max_upload_bytes,
+                             max_document_bytes=settings.max_document_bytes, max_trace_bytes=settings.max_trace_bytes)
         self.verifying: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
     async def handle(self, request: Request) -> tuple[int, SubmissionOut]:
-        path, _size = await receive_upload(request, self.settings.incoming_dir, self.settings.max_upload_bytes)  # (1)
+        _limit(self.address_limiter, f"address {_address(request)}", self.settings.ip_rate_per_minute)  # (1)
+        path, _size = await receive_upload(request, self.settings.incoming_dir, self.settings.max_upload_bytes)  # (2)
         try:
-            return await self._process(request, path)
+            return await self._process(path)
         finally:
             path.unlink(missing_ok=True)  # kept nowhere unless moved into bundles/
 
-    async def _process(self, request: Request, path: Path) -> tuple[int, SubmissionOut]:
-        seen = await run_in_threadpool(peek, path, self.settings.max_upload_bytes)  # (2)
+    async def _process(self, path: Path) -> tuple[int, SubmissionOut]:
+        seen = await run_in_threadpool(peek, path, self.settings.max_upload_bytes)  # (3)
         if seen.problem:
             raise reject(400, f"not a bundle: {seen.problem}", bundle_sha256=seen.sha256 or None)
-        who = f"key:{seen.signer_key_id}" if seen.signer_key_id else \
-            f"ip:{request.client.host if request.client else 'unknown'}"
-        wait_s = self.limiter.take(who)  # (3)
-        if wait_s is not None:
-            rejection = reject(429, f"too many submissions from {who.split(':', 1)[0]} {who.split(':', 1)[1][:16]}: "
-                               f"at most {self.settings.rate_per_minute:g} per minute; retry in {wait_s:.0f} s")
-            rejection.headers["Retry-After"] = str(max(1, round(wait_s)))
-            raise rejection
-        existing = await run_in_threadpool(self.store.entry, seen.sha256)  # (4)
+        existing = await run_in_threadpool(self.store.entry, seen.sha256)
         if existing is not None:
             return 200, _duplicate(existing)
-        return await self._verify_once(seen.sha256, path)  # (5)
+        await run_in_threadpool(self._envelope, seen)  # (4)
+        _limit(self.limiter, f"key {seen.key_id}", self.settings.rate_per_minute)  # (5)
+        run = await run_in_threadpool(seen.run_sha256)
+        if run is None:
+            check = CheckOut(name="signature", status="FAIL", reason="the signed statement has no valid subject list")
+            raise reject(422, "the bundle does not verify: 1 check(s) failed (signature): the signed statement has "
+                         "no valid subject list", bundle_sha256=seen.sha256, failed_checks=[check])
+        try:
+            await run_in_threadpool(self.store.check_run, run, seen.sha256)  # (6)
+        except DuplicateRun as dup:
+            raise _duplicate_run(dup, seen.sha256) from None
+        return await self._verify_once(seen, run, path)  # (7)
 
-    async def _verify_once(self, sha: str, path: Path) -> tuple[int, SubmissionOut]:
-        """(5) The first request with this sha256 verifies; identical ones arriving meanwhile share its outcome."""
+    def _envelope(self, seen: Peek) -> None:
+        """(4) Refuse from signer.pub and the DSSE signature alone."""
+        sha = seen.sha256
+        if seen.unsigned is not None:
+            check = CheckOut(name="signature", status="FAIL", reason=f"not signed: {seen.unsigned}")
+            raise reject(422, f"the bundle does not verify: it is not signed ({seen.unsigned})", bundle_sha256=sha,
+                         failed_checks=[check])
+        key = self.store.key(seen.key_id) if seen.key_id else None
+        if key is None:
+            raise reject(403, f"signing key not accepted: key {seen.key_id} is not among the trusted keys "
+                         "(not registered on this leaderboard)", bundle_sha256=sha)
+        if key.revoked:
+            raise reject(403, f"signing key not accepted: key {key.key_id} of team {key.team} was revoked: "
+                         f"{key.revoked_reason}", bundle_sha256=sha)
+        if not seen.signature_ok:
+            check = CheckOut(name="signature", status="FAIL", reason="the DSSE signature does not verify under "
+                             "signer.pub")
+            raise reject(422, "the bundle does not verify: 1 check(s) failed (signature): the DSSE signature does "
+                         "not verify under signer.pub", bundle_sha256=sha, failed_checks=[check])
+
+    async def _verify_once(self, seen: Peek, run: str, path: Path) -> tuple[int, SubmissionOut]:
+        """(7) The first request with this sha256 verifies; identical ones arriving meanwhile share its outcome."""
+        sha = seen.sha256
         shared = self.verifying.get(sha)
         if shared is not None:
             try:
@@ -253,7 +272,7 @@ class Submissions:
         future: asyncio.Future[tuple[int, SubmissionOut]] = asyncio.get_running_loop().create_future()
         self.verifying[sha] = future
         try:
-            outcome = await self._verify_and_store(path)
+            outcome = await self._verify_and_store(seen, run, path)
             future.set_result(outcome)
             return outcome
         except Rejection as rejection:
@@ -266,27 +285,75 @@ class Submissions:
             future.exception()  # retrieved: waiting requests re-raise their own copy
             self.verifying.pop(sha, None)
 
-    async def _verify_and_store(self, path: Path) -> tuple[int, SubmissionOut]:
+    async def _verify_and_store(self, seen: Peek, run: str, path: Path) -> tuple[int, SubmissionOut]:
         keyring = await run_in_threadpool(self.store.keyring)
+        job = Job(str(path), keyring, self.limits, f"{seen.sha256}.tar")
         try:
-            result = await asyncio.wrap_future(self.pool.submit(Job(str(path), keyring)))
+            result = await asyncio.wrap_future(self.pool.submit(job))
         except (VerificationTimeout, WorkerCrashed) as err:
-            raise reject(422, f"rejected: {err}") from err
-        rejection = _verdict(result)  # (6)
+            raise reject(422, f"rejected: {err}", bundle_sha256=seen.sha256) from err
+        rejection = _verdict(result)
         if rejection is not None:
             raise rejection
-        return await run_in_threadpool(self._store, path, result)  # (7)
+        fields = {**result["entry"], "run_sha256": run}
+        try:
+            check_entry(fields)  # (8)
+        except Unfit as err:
+            raise reject(422, f"refused: {err}", bundle_sha256=seen.sha256) from err
+        return await run_in_threadpool(self._store, path, result["signer_key_id"], fields)  # (9)
 
-    def _store(self, path: Path, result: dict[str, Any]) -> tuple[int, SubmissionOut]:
-        fields = result["entry"]
+    def _store(self, path: Path, kid: str, fields: dict[str, Any]) -> tuple[int, SubmissionOut]:
+        """(9) pending row, durable rename, stored: a crash between any two steps is settled by ``reconcile``."""
         sha = fields["bundle_sha256"]
-        _durable_move(path, self.settings.bundles_dir / f"{sha}.tar")
-        entry, created = self.store.add_entry(NewEntry(key_id=result["signer_key_id"], **fields))
+        try:
+            entry, created = self.store.add_pending(NewEntry(key_id=kid, **fields))
+        except DuplicateRun as dup:
+            raise _duplicate_run(dup, sha) from None
+        except SQLAlchemyError as err:
+            raise reject(422, f"refused by the database: {_first_line(err)}", bundle_sha256=sha) from err
         if not created:
             return 200, _duplicate(entry)
+        target = self.settings.bundles_dir / f"{sha}.tar"
+        try:
+            _durable_move(path, target)
+            self.store.mark_stored(sha)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            self.store.discard_pending(sha)
+            raise
         return 201, SubmissionOut(status="accepted", reason=f"verified; signed by team {entry.team}'s key "
                                   f"{entry.key_id[:16]}…", bundle_sha256=sha, entry=entry,
                                   verify_report=fields["verify_report"])
+
+
+def _address(request: Request) -> str:
+    """The client's address; an IPv6 client's /64 (one subscriber's usual allocation, not one address of it)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _limit(limiter: RateLimiter, who: str, per_minute: float) -> None:
+    wait_s = limiter.take(who)
+    if wait_s is not None:
+        raise reject(429, f"too many submissions from {who[:70]}: at most {per_minute:g} per minute; retry in "
+                     f"{wait_s:.0f} s", headers={"Retry-After": str(max(1, round(wait_s)))})
+
+
+def _first_line(err: Exception) -> str:
+    text = str(getattr(err, "orig", None) or err)
+    return (text.splitlines() or [type(err).__name__])[0][:300]
+
+
+def _duplicate_run(dup: DuplicateRun, sha: str) -> Rejection:
+    return reject(409, str(dup), bundle_sha256=sha, duplicate=True, duplicate_of=dup.existing or None)
 
 
 def _duplicate(entry: Any) -> SubmissionOut:

@@ -3,13 +3,17 @@
 A worker runs ``verify_bundle`` against a keyring snapshot of the registered keys (revoked ones flagged, so the
 ``trusted-key`` check names the revocation), and for a bundle that passes reads the figures the leaderboard
 stores. A job that overruns its time limit has its worker process killed and replaced: a hostile bundle cannot
-hold a worker, and the server keeps answering meanwhile.
+hold a worker, and the server keeps answering meanwhile. Each worker runs under a hard address-space limit
+(RLIMIT_AS) and each job under a CPU-time limit (RLIMIT_CPU); a job that hits one is refused with that reason and
+its worker replaced. The verifier reads with the leaderboard's ``Limits`` (far tighter than the CLI's).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
+import resource
+import signal
 import tempfile
 import threading
 from concurrent.futures import Future
@@ -17,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill_kit.bundle.archive import Limits
 from distill_kit.report.analysis import run_tier, teacher_energy_j
 
 DOMAINS = ("gpu", "cpu", "ram")
 FIGURE_KEYS = ("energy_j", "method", "uncertainty_j", "partial", "reason", "avg_power_w", "peak_power_w")
+MAX_REASON_CHARS = 1000  # a check's reason as stored and answered (a hostile document can make it huge)
 
 
 class VerificationTimeout(Exception):
@@ -31,10 +37,16 @@ class WorkerCrashed(Exception):
     """The worker process died while verifying (out of memory, killed)."""
 
 
+class OutOfLimits(WorkerCrashed):
+    """The verification hit the worker's memory or CPU-time limit."""
+
+
 @dataclass(frozen=True)
 class Job:
     bundle: str
     keyring: list[dict[str, Any]]
+    limits: Limits = Limits()
+    public_name: str | None = None  # what the stored report calls the bundle (never the server's upload path)
 
 
 def _stage_breakdown(stage: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +87,15 @@ def extract(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _public_report(report: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """The report as stored and answered: the bundle named by ``name``, every reason bounded."""
+    report["bundle"]["path"] = name or f"{report['bundle']['sha256']}.tar"
+    for result in report["results"]:
+        if len(result["reason"]) > MAX_REASON_CHARS:
+            result["reason"] = result["reason"][:MAX_REASON_CHARS] + " … (cut)"
+    return report
+
+
 def verify_job(job: Job) -> dict[str, Any]:
     """Verify one bundle (in a worker process): the report, and the entry's fields when it passed."""
     from distill_kit.bundle.keys import write_keyring
@@ -83,15 +104,28 @@ def verify_job(job: Job) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="distill-kit-verify-") as tmp:
         keyring = Path(tmp) / "keyring.json"
         write_keyring(keyring, job.keyring)
-        report = verify_bundle(Path(job.bundle), keyring=keyring)
-    result: dict[str, Any] = {"report": report.to_dict(), "ok": report.ok, "signer_key_id": report.signer_key_id}
+        report = verify_bundle(Path(job.bundle), keyring=keyring, limits=job.limits)
+    if any("(MemoryError" in r.reason for r in report.results):
+        raise MemoryError("a check ran out of memory")
+    result: dict[str, Any] = {"report": _public_report(report.to_dict(), job.public_name), "ok": report.ok,
+                              "signer_key_id": report.signer_key_id}
     if report.ok:
         result["entry"] = extract(Path(job.bundle), result["report"])
     return result
 
 
-def _worker(connection: Any) -> None:
+def _limit_cpu(seconds: int) -> None:
+    """This job may use ``seconds`` more CPU time (RLIMIT_CPU counts the process's whole life)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + seconds
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+
+
+def _worker(connection: Any, memory_bytes: int, cpu_s: int) -> None:
     """A worker process's loop: a Job in, a result (or the exception's text) out; None ends it."""
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     while True:
         try:
             job = connection.recv()
@@ -99,10 +133,13 @@ def _worker(connection: Any) -> None:
             return
         if job is None:
             return
+        _limit_cpu(cpu_s)
         try:
             connection.send(("ok", verify_job(job)))
+        except MemoryError:
+            connection.send(("memory", ""))
         except Exception as err:  # noqa: BLE001 - reported to the server as a rejection, never a crash
-            connection.send(("error", f"{type(err).__name__}: {err}"))
+            connection.send(("error", f"{type(err).__name__}: {err}"[:MAX_REASON_CHARS]))
 
 
 class _Slot:
@@ -116,8 +153,9 @@ class _Slot:
 
     def start_process(self) -> None:
         parent, child = self.pool.context.Pipe()
-        self.process = self.pool.context.Process(target=_worker, args=(child,), daemon=True,
-                                                 name=f"distill-kit-verifier-{self.index}")
+        self.process = self.pool.context.Process(target=_worker, args=(child, self.pool.memory_bytes,
+                                                                       self.pool.cpu_s),
+                                                 daemon=True, name=f"distill-kit-verifier-{self.index}")
         self.process.start()
         child.close()
         self.connection = parent
@@ -149,8 +187,19 @@ class _Slot:
                 raise VerificationTimeout(f"verification took longer than {self.pool.timeout_s:g} s")
             status, value = self.connection.recv()
         except (EOFError, OSError) as err:
+            if self.process is not None:
+                self.process.join(timeout=5)
+            exitcode = self.process.exitcode if self.process is not None else None
             self.stop_process(kill=True)
+            if exitcode == -signal.SIGXCPU:
+                raise OutOfLimits(f"the verifier ran out of its {self.pool.cpu_s} s CPU-time limit") from err
             raise WorkerCrashed(f"the verifier process died ({err or type(err).__name__})") from err
+        except MemoryError as err:  # the answer itself could not be read back
+            self.stop_process(kill=True)
+            raise OutOfLimits(self.pool.memory_message) from err
+        if status == "memory":
+            self.stop_process(kill=True)  # a fresh process: no fragmented heap left behind
+            raise OutOfLimits(self.pool.memory_message)
         if status != "ok":
             raise WorkerCrashed(f"verification failed inside the verifier: {value}")
         return value
@@ -171,11 +220,14 @@ class _Slot:
 
 
 class VerifierPool:
-    """``submit(job) -> Future``; ``workers`` processes, each job killed after ``timeout_s``."""
+    """``submit(job) -> Future``; ``workers`` processes (each under ``memory_mb`` of address space), each job killed
+    after ``timeout_s`` (wall) or ``cpu_s`` (CPU time)."""
 
-    def __init__(self, workers: int, timeout_s: float):
+    def __init__(self, workers: int, timeout_s: float, memory_mb: int = 512, cpu_s: int = 120):
         self.context = multiprocessing.get_context("spawn")
         self.timeout_s = timeout_s
+        self.memory_bytes, self.cpu_s = memory_mb << 20, cpu_s
+        self.memory_message = f"the verifier ran out of its {memory_mb} MB memory limit"
         self.jobs: queue.Queue[tuple[Job, Future[dict[str, Any]]] | None] = queue.Queue()
         self.slots = [_Slot(self, i) for i in range(workers)]
         self._lock = threading.Lock()
