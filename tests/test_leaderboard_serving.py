@@ -2,7 +2,7 @@
 SQLite) on 127.0.0.1: poisoned names, a 3,000-task entry, slow clients, concurrent PNG renders, internal errors.
 
 Ingest refuses control characters and oversized task lists at submission; the hostile entries here are written
-straight into the store (``Store.add_entry``): the 3,000-task one is a signed bundle verified and extracted as the
+straight into the store (``Store.add_pending`` + ``mark_stored``): the 3,000-task one is a signed bundle verified and extracted as the
 server's verifier does, the others are clones of a real accepted entry. The pages must hold even when such an
 entry is in the database (defence in depth).
 """
@@ -67,6 +67,14 @@ def _clone(template: Any, key_id: str, name: str, scores: dict[str, dict[str, fl
                     verify_report=template.verify_report, scores=scores)
 
 
+def _insert(store: Store, entry: NewEntry) -> Any:
+    """An entry put straight into the store, as ingest would leave it once stored (pending, then stored): the
+    pages' own defences are tested with what ingest refuses."""
+    out, _ = store.add_pending(entry)
+    store.mark_stored(entry.bundle_sha256)
+    return out
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("serving")
@@ -89,13 +97,13 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Any:
         hostile = {}
         for i, (kind, name) in enumerate(HOSTILE_NAMES.items()):
             entry = _clone(template, key.key_id, name, {"student": {"tiny_task": 0.3 + i / 100, name: 0.5}})
-            hostile[kind] = store.add_entry(entry)[0].bundle_sha256
+            hostile[kind] = _insert(store, entry).bundle_sha256
         verified = verify_job(Job(str(many_bundle), store.keyring()))  # what the server's verifier would store
         assert verified["ok"], verified["report"]
-        many = store.add_entry(NewEntry(key_id=verified["signer_key_id"], **verified["entry"]))[0].bundle_sha256
+        many = _insert(store, NewEntry(key_id=verified["signer_key_id"], **verified["entry"])).bundle_sha256
         corrupt = [{"stage": "student", "energy": "not a mapping"}]
-        broken = store.add_entry(_clone(template, key.key_id, "broken", {"student": {"tiny_task": 0.1}},
-                                        corrupt))[0].bundle_sha256
+        broken = _insert(store, _clone(template, key.key_id, "broken", {"student": {"tiny_task": 0.1}},
+                                        corrupt)).bundle_sha256
         store.close()
         yield Board(server, tmp, hostile, many, broken)
     finally:

@@ -460,13 +460,6 @@ class Store:
         return done
 
 
-def _sync(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
     # -- serving (added for the pages' plot cache) ------------------------------------------------------------
     def data_version(self) -> tuple[int, int, int]:
         """A marker of the entries' state, for caches: (visible entries, highest entry id, moderation actions).
@@ -493,3 +486,11 @@ def _sync(folder: Path) -> None:
         return ParetoOut(task=task, frontier=frontier, points=[
             ParetoPoint(bundle_sha256=sha, name=name, team=team, total_energy_j=p.energy_j, quality=p.quality,
                         on_frontier=sha in on) for (sha, name, team, _, _), p in zip(rows, points, strict=True)])
+
+
+def _sync(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

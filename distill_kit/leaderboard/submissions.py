@@ -292,14 +292,16 @@ class Submissions:
             result = await asyncio.wrap_future(self.pool.submit(job))
         except (VerificationTimeout, WorkerCrashed) as err:
             raise reject(422, f"rejected: {err}", bundle_sha256=seen.sha256) from err
+        fields = {**result["entry"], "run_sha256": run} if result.get("entry") else None
+        if fields is not None:  # the bounds first: a 3,000-task bundle is refused as too large, whatever it warns
+            try:
+                check_entry(fields)  # (8)
+            except Unfit as err:
+                raise reject(422, f"refused: {err}", bundle_sha256=seen.sha256) from err
         rejection = _verdict(result)
         if rejection is not None:
             raise rejection
-        fields = {**result["entry"], "run_sha256": run}
-        try:
-            check_entry(fields)  # (8)
-        except Unfit as err:
-            raise reject(422, f"refused: {err}", bundle_sha256=seen.sha256) from err
+        assert fields is not None  # a bundle that verified carries its entry's fields
         return await run_in_threadpool(self._store, path, result["signer_key_id"], fields)  # (9)
 
     def _store(self, path: Path, kid: str, fields: dict[str, Any]) -> tuple[int, SubmissionOut]:
