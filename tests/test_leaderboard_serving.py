@@ -2,9 +2,9 @@
 SQLite) on 127.0.0.1: poisoned names, a 3,000-task entry, slow clients, concurrent PNG renders, internal errors.
 
 Ingest refuses control characters and oversized task lists at submission; the hostile entries here are written
-straight into the store (``Store.add_pending`` + ``mark_stored``): the 3,000-task one is a signed bundle verified and extracted as the
-server's verifier does, the others are clones of a real accepted entry. The pages must hold even when such an
-entry is in the database (defence in depth).
+straight into the store (``Store.add_pending`` + ``mark_stored``): the 3,000-task one is a signed bundle verified
+and extracted as the server's verifier does, the others are clones of a real accepted entry. The pages must hold
+even when such an entry is in the database (defence in depth).
 """
 
 from __future__ import annotations
