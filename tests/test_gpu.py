@@ -70,6 +70,9 @@ def test_smoke_kd_on_the_gpu_gives_counter_figures_with_a_cross_check(tmp_path):
     verified = run_cli("verify", str(bundle), "--trusted-key", f"{key}.pub")
     print(result.stdout, verified.stdout)
     assert verified.returncode == 0, verified.output
+    # the physical envelope from the accelerator table, the bundle's own evidence and the recomputed scores: PASS
+    for check in ("physics", "evidence", "quality", "plausibility"):
+        assert f"[PASS] {check}:" in verified.stdout, (check, verified.stdout)
 
 
 def test_compiled_training_step_matches_the_eager_one(tmp_path):
