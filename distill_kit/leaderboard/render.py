@@ -21,6 +21,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from distill_kit.leaderboard.child import ChildProcess
+
 ALLOWED = frozenset({"pareto_png", "stage_breakdown_png"})
 
 
@@ -60,51 +62,23 @@ def _worker(connection: Any) -> None:
             connection.send(("error", f"{type(err).__name__}: {err}"))
 
 
-class _Slot:
+class _Slot(ChildProcess):
     """One render process (started on first use, replaced after a kill)."""
 
     def __init__(self, context: Any, index: int):
-        self.context, self.index = context, index
-        self.process: Any = None
-        self.connection: Any = None
-
-    def start(self) -> None:
-        parent, child = self.context.Pipe()
-        self.process = self.context.Process(target=_worker, args=(child,), daemon=True,
-                                            name=f"distill-kit-render-{self.index}")
-        self.process.start()
-        child.close()
-        self.connection = parent
-
-    def stop(self, kill: bool) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            try:
-                self.connection.send(None)
-            except OSError:
-                pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        self.connection.close()
-        self.process = self.connection = None
+        super().__init__(context, f"distill-kit-render-{index}", _worker)
 
     def run(self, name: str, args: tuple[Any, ...], timeout_s: float) -> bytes:
         """(3) Draw in this slot's process (blocking: called from the render threads, never the event loop)."""
-        if self.process is None or not self.process.is_alive():
-            self.start()
+        self.ensure_started()
         try:
             self.connection.send((name, args))
             if not self.connection.poll(timeout_s):
-                self.stop(kill=True)
+                self.stop_process(kill=True)
                 raise RenderFailed(f"the plot took longer than {timeout_s:g} s")
             status, value = self.connection.recv()
         except (EOFError, OSError) as err:
-            self.stop(kill=True)
+            self.stop_process(kill=True)
             raise RenderFailed("the render process died") from err
         if status != "ok":
             raise RenderFailed(value)
@@ -206,9 +180,9 @@ class Renders:
     def start(self) -> None:
         """Start the render processes now (otherwise each starts on its first plot)."""
         for slot in self.idle:
-            slot.start()
+            slot.start_process()
 
     def close(self) -> None:
         self.threads.shutdown(wait=True, cancel_futures=True)
         for slot in self.idle:
-            slot.stop(kill=False)
+            slot.stop_process(kill=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_kit.bundle.archive import Limits
+from distill_kit.leaderboard.child import ChildProcess
 from distill_kit.report.analysis import run_tier, teacher_energy_j
 
 DOMAINS = ("gpu", "cpu", "ram")
@@ -142,44 +143,16 @@ def _worker(connection: Any, memory_bytes: int, cpu_s: int) -> None:
             connection.send(("error", f"{type(err).__name__}: {err}"[:MAX_REASON_CHARS]))
 
 
-class _Slot:
+class _Slot(ChildProcess):
     """One worker process and the thread that feeds it jobs."""
 
     def __init__(self, pool: VerifierPool, index: int):
+        super().__init__(pool.context, f"distill-kit-verifier-{index}", _worker, (pool.memory_bytes, pool.cpu_s))
         self.pool, self.index = pool, index
-        self.process: Any = None
-        self.connection: Any = None
         self.thread = threading.Thread(target=self._loop, name=f"verifier-{index}", daemon=True)
 
-    def start_process(self) -> None:
-        parent, child = self.pool.context.Pipe()
-        self.process = self.pool.context.Process(target=_worker, args=(child, self.pool.memory_bytes,
-                                                                       self.pool.cpu_s),
-                                                 daemon=True, name=f"distill-kit-verifier-{self.index}")
-        self.process.start()
-        child.close()
-        self.connection = parent
-
-    def stop_process(self, kill: bool) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            try:
-                self.connection.send(None)
-            except OSError:
-                pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        self.connection.close()
-        self.process = self.connection = None
-
     def _run(self, job: Job) -> dict[str, Any]:
-        if self.process is None or not self.process.is_alive():
-            self.start_process()
+        self.ensure_started()
         try:
             self.connection.send(job)
             if not self.connection.poll(self.pool.timeout_s):
