@@ -97,3 +97,59 @@ def window_figures(trace: Trace, t_start: float, t_end: float, edges: dict[str, 
         figure = rapl_figure(domain, edges, t_end - t_start)
         figures[domain] = figure or estimate_figure(domain, codecarbon, reasons.get(domain, "no RAPL counter"))
     return figures
+
+
+# What an idle baseline may contain and still be one (docs/energy.md, "The idle baseline"). Each limit keeps the
+# bias the condition can put into the baseline within the 5% accuracy the kit assumes for its counter figures:
+# - other processes' CPU use: on a power model linear in utilisation, a foreign load u raises the CPU's power by
+#   u x (its dynamic range), so u <= 5% of the machine keeps the bias within 5% of that range;
+# - GPU utilisation (the share of time a kernel ran, NVML): the kit launches nothing while it measures idle, so
+#   anything above 5% on average is someone else's work;
+# - GPU power's relative standard deviation: a quiet board holds its idle power within about +-3% (73-77 W on an
+#   H100, FIELD_NOTES); one that moves by more than 5% is still changing state (clocks, fans, a job ending).
+IDLE_MAX_FOREIGN_CPU_PCT = 5.0
+IDLE_MAX_GPU_UTIL_PCT = 5.0
+IDLE_MAX_GPU_POWER_REL_SD = 0.05
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def window_load(trace: Trace, t_start: float, t_end: float) -> dict[str, Any] | None:
+    """How busy the machine was during a window, from the samples inside it: the mean CPU use of processes
+    outside the kit's tree (% of the machine), the mean utilisation of the busiest GPU, and the relative standard
+    deviation of the GPUs' total power. None for a trace that does not record foreign CPU use (older samplers)."""
+    if "cpu_foreign_pct" not in trace.columns:
+        return None
+    inside = trace.window(t_start, t_end)
+    foreign = _mean([v for _, v in inside.values("cpu_foreign_pct")])
+    utils = [_mean([v for _, v in inside.values(f"gpu{i}_util_pct")]) for i in trace.gpu_indices()]
+    power = [p for t, p in _gpu_power_series(inside)]
+    mean_power = _mean(power)
+    rel_sd = None
+    if mean_power and len(power) >= 2:
+        rel_sd = (sum((p - mean_power) ** 2 for p in power) / (len(power) - 1)) ** 0.5 / mean_power
+    return {"samples": len(inside.rows), "foreign_cpu_pct": foreign,
+            "gpu_util_pct": max((u for u in utils if u is not None), default=None), "gpu_power_rel_sd": rel_sd}
+
+
+def idle_baseline(load: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Whether an idle window measured an idle machine: ``valid`` and, when not, the ``reason`` (every condition
+    broken, with the value and the limit). A condition that could not be observed is listed in ``unchecked``.
+    None when the window's load was not recorded (older traces)."""
+    if load is None:
+        return None
+    problems, unchecked = [], []
+    limits = (("foreign_cpu_pct", IDLE_MAX_FOREIGN_CPU_PCT, "other processes used {:.1f}% of the CPUs (limit {:g}%)"),
+              ("gpu_util_pct", IDLE_MAX_GPU_UTIL_PCT, "GPU utilisation averaged {:.1f}% (limit {:g}%)"),
+              ("gpu_power_rel_sd", IDLE_MAX_GPU_POWER_REL_SD,
+               "GPU power varied by {:.3f} relative standard deviation (limit {:g})"))
+    for key, limit, message in limits:
+        value = load.get(key)
+        if value is None:
+            unchecked.append(key)
+        elif value > limit:
+            problems.append(message.format(value, limit))
+    return {"valid": not problems, "reason": "; ".join(problems) or None, "unchecked": unchecked,
+            "limits": {key: limit for key, limit, _ in limits}}

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from distill_kit.energy.accounting import window_figures
+from distill_kit.energy.accounting import window_figures, window_load
 from distill_kit.energy.figures import EnergyFigure
 from distill_kit.energy.sensors import NvmlGpus, RaplZone, SensorUnavailable, rapl_zones
 from distill_kit.energy.trace import coverage, read_trace
@@ -199,6 +199,10 @@ class EnergyMeter:
             attempt = self._record(window.trace_path, window.attempt, "finished", start["t"], end["t"], edges,
                                    figures, [])
             record.update({k: v for k, v in attempt.to_dict().items() if k not in ("attempt", "status", "notes")})
+            if window.trace_path.exists():
+                load = window_load(read_trace(window.trace_path), start["t"], end["t"])
+                if load is not None:
+                    record["load"] = load
 
     def _wait_for_sampler(self, window: Window, t: float) -> None:
         """Let the running sampler write its samples up to ``t``, so a nested window reads all of its rows

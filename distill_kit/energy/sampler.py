@@ -46,6 +46,57 @@ class _CpuUtil:
         return 100.0 * (1 - idle / total) if total > 0 else None
 
 
+class _ForeignCpu:
+    """CPU use of every process outside the kit's own tree, as a share of the whole machine, between two reads.
+
+    The machine's busy CPU time (``psutil.cpu_times``) minus the CPU time of the kit's process tree (the runner
+    given by ``--parent-pid``, its reaped children, and every live descendant, this sampler included). None where
+    psutil cannot read it (no /proc, the parent gone).
+    """
+
+    def __init__(self, parent_pid: int | None) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._parent = psutil.Process(parent_pid) if parent_pid else psutil.Process().parent()
+        self._cpus = psutil.cpu_count() or 1
+        self._last = self._read()
+
+    def _tree_cpu_s(self) -> float:
+        times = self._parent.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in self._parent.children(recursive=True):
+            try:
+                child_times = child.cpu_times()
+            except self._psutil.Error:
+                continue  # ended between the listing and the read: its time is in its parent's children_*
+            total += child_times.user + child_times.system
+        return total
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            machine = self._psutil.cpu_times()
+            busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+            return time.monotonic(), busy, self._tree_cpu_s()
+        except (self._psutil.Error, OSError):
+            return None
+
+    def percent(self) -> float | None:
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        foreign_s = (now[1] - last[1]) - (now[2] - last[2])
+        return max(0.0, min(100.0, 100.0 * foreign_s / ((now[0] - last[0]) * self._cpus)))
+
+
+def _foreign_cpu(parent_pid: int | None) -> _ForeignCpu | None:
+    try:
+        return _ForeignCpu(parent_pid)
+    except Exception:  # noqa: BLE001 - no psutil or no parent: the column stays empty, sampling goes on
+        return None
+
+
 def _ram_used_mib() -> float | None:
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
@@ -71,8 +122,10 @@ def _open_sensors() -> tuple[NvmlGpus | None, list]:
     return gpus, zones
 
 
-def _read_row(attempt: int, gpus: NvmlGpus | None, zones: list, cpu: _CpuUtil) -> dict[str, object]:
+def _read_row(attempt: int, gpus: NvmlGpus | None, zones: list, cpu: _CpuUtil,
+              foreign: _ForeignCpu | None) -> dict[str, object]:
     row: dict[str, object] = {"t": repr(time.time()), "attempt": attempt, "cpu_util_pct": cpu.percent(),
+                              "cpu_foreign_pct": foreign.percent() if foreign else None,
                               "ram_used_mib": _ram_used_mib()}
     errors = []
     if gpus:
@@ -101,7 +154,8 @@ def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the runner, which stops us in order
     gpus, zones = _open_sensors()
     cpu = _CpuUtil()
-    columns = ["t", "attempt", "cpu_util_pct", "ram_used_mib"]
+    foreign = _foreign_cpu(parent_pid)
+    columns = ["t", "attempt", "cpu_util_pct", "cpu_foreign_pct", "ram_used_mib"]
     if gpus:
         columns += [f"gpu{i}_{f}" for i in range(len(gpus.gpus)) for f in GPU_FIELDS]
     columns += [f"rapl_{z.name}_uj" for z in zones]
@@ -115,7 +169,7 @@ def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> in
         next_tick = time.monotonic()
         first = True
         while True:
-            row = _read_row(attempt, gpus, zones, cpu)
+            row = _read_row(attempt, gpus, zones, cpu, foreign)
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
             handle.flush()
             if first:

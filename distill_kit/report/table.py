@@ -58,6 +58,7 @@ def quality_table(quality: dict[str, dict[str, float]]) -> Table:
 def totals_line(summary: dict[str, Any]) -> str:
     totals = summary["totals"]
     per_token = summary.get("j_per_trained_token")
+    why = f" ({totals['energy_above_idle_reason']})" if totals.get("energy_above_idle_reason") else ""
     return (f"total energy {_fmt(totals['energy_j'])} J (methods: {', '.join(totals['methods'])}), "
-            f"above idle {_fmt(totals['energy_above_idle_j'])} J, wall {_fmt(totals['wall_time_s'])} s"
+            f"above idle {_fmt(totals['energy_above_idle_j'])} J{why}, wall {_fmt(totals['wall_time_s'])} s"
             + (f", {per_token:.4f} J per trained token" if per_token else ""))

@@ -21,7 +21,7 @@ from distill_kit.manifest import ResolvedManifest
 from distill_kit.runner.evidence import compute_record
 from distill_kit.runner.plan import PlannedStage, plan
 from distill_kit.runner.rundir import RunDir
-from distill_kit.runner.summaries import run_summary, stage_summary
+from distill_kit.runner.summaries import idle_invalid_reason, run_summary, stage_summary
 from distill_kit.stages.base import Progress, SilentProgress, StageContext
 
 
@@ -91,11 +91,13 @@ class Runner:
         self.run.journal("run_finished")
         return RunOutcome(self.run.path, summary, resumed)
 
-    def _idle_power(self) -> dict[str, float | None] | None:
+    def _prerun(self) -> dict[str, Any] | None:
         prerun = self.run.read_stage_summary("prerun")
-        if not prerun or prerun.get("status") != "finished":
-            return None
-        return prerun["outputs"].get("idle_power_w")
+        return prerun if prerun and prerun.get("status") == "finished" else None
+
+    def _idle_power(self) -> dict[str, float | None] | None:
+        prerun = self._prerun()
+        return prerun["outputs"].get("idle_power_w") if prerun else None
 
     def _recover_interrupted(self, name: str, previous: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Attempts a kill left open: account for their energy from their samples, journal them closed."""
@@ -150,7 +152,8 @@ class Runner:
         outputs = {**outputs, "compute": compute_record(device, self.manifest.document)}
         summary = stage_summary(name, planned.kind, status, attempts, result.tokens if result else 0,
                                 result.token_kind if result else "none", outputs,
-                                None if planned.kind == "prerun" else self._idle_power(), trace)
+                                None if planned.kind == "prerun" else self._idle_power(), trace,
+                                None if planned.kind == "prerun" else idle_invalid_reason(self._prerun()))
         self.run.write_stage_summary(name, summary)
         if error is not None:
             detail = "".join(traceback.format_exception_only(type(error), error)).strip()

@@ -29,16 +29,26 @@ def above_idle_j(energy: dict[str, EnergyFigure], duration_s: float,
     return sum(parts) if parts else None
 
 
+def idle_invalid_reason(prerun: dict[str, Any] | None) -> str | None:
+    """Why the prerun's idle baseline cannot be subtracted (its ``idle_baseline`` verdict), or None."""
+    baseline = ((prerun or {}).get("outputs") or {}).get("idle_baseline")
+    if not baseline or baseline.get("valid"):
+        return None
+    return f"idle baseline invalid: {baseline.get('reason')}"
+
+
 def stage_summary(stage: str, kind: str, status: str, attempts: list[dict[str, Any]], tokens: int,
                   token_kind: str, outputs: dict[str, Any], idle_power_w: dict[str, float | None] | None,
-                  trace: dict[str, Any] | None) -> dict[str, Any]:
+                  trace: dict[str, Any] | None, idle_invalid: str | None = None) -> dict[str, Any]:
+    """A stage's summary; ``idle_invalid`` (from ``idle_invalid_reason``) makes energy above idle null with that
+    reason rather than a figure subtracted from a baseline that was not idle."""
     wall = sum(a["duration_s"] for a in attempts)
     energy = {d: sum_figures([EnergyFigure.from_dict(a["energy"][d]) for a in attempts]) for d in DOMAINS}
     total = total_energy_j(energy)
     for figure in energy.values():
         if figure.energy_j is not None and wall > 0:
             figure.avg_power_w = figure.energy_j / wall
-    return {
+    summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "stage": stage,
         "kind": kind,
@@ -50,26 +60,33 @@ def stage_summary(stage: str, kind: str, status: str, attempts: list[dict[str, A
         "tokens_per_s": _ratio(tokens, wall) if tokens else None,
         "energy": {d: f.to_dict() for d, f in energy.items()},
         "energy_total_j": total,
-        "energy_above_idle_j": above_idle_j(energy, wall, idle_power_w),
+        "energy_above_idle_j": None if idle_invalid else above_idle_j(energy, wall, idle_power_w),
         "idle_power_w": idle_power_w,
         "j_per_token": _ratio(total, tokens) if tokens else None,
         "trace": trace,
         "outputs": outputs,
     }
+    if idle_invalid:
+        summary["energy_above_idle_reason"] = idle_invalid
+    return summary
 
 
 def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Pipeline totals: the sum over stages, teacher included, per domain and overall."""
     by_domain = {d: sum_figures([EnergyFigure.from_dict(s["energy"][d]) for s in stages]) for d in DOMAINS}
     above = [s["energy_above_idle_j"] for s in stages if s.get("energy_above_idle_j") is not None]
-    return {
+    reasons = sorted({s["energy_above_idle_reason"] for s in stages if s.get("energy_above_idle_reason")})
+    totals = {
         "energy_j": total_energy_j(by_domain),
         "energy_by_domain": {d: f.to_dict() for d, f in by_domain.items()},
-        "energy_above_idle_j": sum(above) if above else None,
+        "energy_above_idle_j": sum(above) if above and not reasons else None,
         "wall_time_s": sum(s["wall_time_s"] for s in stages),
         "tokens_by_stage": {s["stage"]: s["tokens"] for s in stages},
         "methods": sorted({s["energy"][d]["method"] for s in stages for d in DOMAINS}),
     }
+    if reasons:
+        totals["energy_above_idle_reason"] = "; ".join(reasons)
+    return totals
 
 
 def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dict[str, Any]],

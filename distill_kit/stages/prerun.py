@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from distill_kit.energy.accounting import idle_baseline
 from distill_kit.stages.base import StageContext, StageResult
 
 
@@ -51,13 +52,20 @@ class PrerunStage:
         idle_power = {domain: (figure["energy_j"] / idle["duration_s"]
                                if figure["energy_j"] is not None and idle["duration_s"] > 0 else None)
                       for domain, figure in idle["energy"].items()}
+        baseline = idle_baseline(idle.get("load"))
+        if baseline is not None and not baseline["valid"]:
+            self.ctx.progress.log(f"[yellow]prerun: idle baseline invalid: {baseline['reason']}; "
+                                  "energy above idle will not be reported[/yellow]")
         burn_in = _burn_in(self.ctx.device, self.burn_in_s) if self.burn_in_s > 0 else None
-        return StageResult(tokens=0, token_kind="none", outputs={
+        outputs: dict[str, Any] = {
             "idle_power_w": idle_power,
             "idle_methods": {d: f["method"] for d, f in idle["energy"].items()},
             "windows": [idle],
             "burn_in": burn_in,
-        })
+        }
+        if baseline is not None:
+            outputs["idle_baseline"] = baseline
+        return StageResult(tokens=0, token_kind="none", outputs=outputs)
 
     def cleanup(self) -> None:
         pass

@@ -1,9 +1,10 @@
 """``accounting``: every energy figure recomputes from the raw data, with the code that produced it.
 
 (1) each attempt's per-domain figures = ``window_figures`` on the attempt's trace rows, edges and CodeCarbon
-window (and its sample count and coverage); (2) each nested window (idle baseline, eval tasks) likewise, and the
-prerun's idle power from its idle window; (3) each stage summary = ``stage_summary`` over its attempts; (4) the
-run summary = ``run_summary`` over the stage summaries (totals, J/token, quality).
+window (and its sample count and coverage); (2) each nested window (idle baseline, eval tasks) likewise (its load
+too), and the prerun's idle power and idle-baseline verdict from its idle window; (3) each stage summary =
+``stage_summary`` over its attempts; (4) the run summary = ``run_summary`` over the stage summaries (totals,
+J/token, quality).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def recompute_window(trace: Any, record: dict[str, Any], attempt: int | None, in
     taken in the last sampling interval before the window closed: for those windows the recomputation uses the
     first ``samples`` rows the meter saw, provided every row left out lies in that last interval or after it.
     """
-    from distill_kit.energy.accounting import window_figures
+    from distill_kit.energy.accounting import window_figures, window_load
     from distill_kit.energy.trace import Trace, coverage
 
     t_start, t_end = record["t_start"], record["t_end"]
@@ -70,13 +71,19 @@ def recompute_window(trace: Any, record: dict[str, Any], attempt: int | None, in
     if partial:
         for figure in figures.values():
             figure.partial = True
-    return {"energy": {d: f.to_dict() for d, f in figures.items()}, "samples": len(window.rows),
-            "coverage": coverage(window.times(), t_start, t_end, interval_s), "duration_s": t_end - t_start}
+    again = {"energy": {d: f.to_dict() for d, f in figures.items()}, "samples": len(window.rows),
+             "coverage": coverage(window.times(), t_start, t_end, interval_s), "duration_s": t_end - t_start}
+    load = window_load(trace.window(t_start, t_end, attempt), t_start, t_end) if nested else None
+    if load is not None:
+        again["load"] = load
+    return again
 
 
 def _compare_window(label: str, record: dict[str, Any], again: dict[str, Any]) -> list[str]:
     got = {"energy": _figures(record["energy"]), "samples": record["samples"], "coverage": record["coverage"],
            "duration_s": record["duration_s"]}
+    if "load" in record:
+        got["load"] = record["load"]
     expected = {**again, "energy": _figures(again["energy"])}
     return [f"{label}: {d}" for d in differences(got, expected, "")]
 
@@ -110,19 +117,28 @@ class Accounting:
             problems += _compare_window(label, record, recompute_window(trace, record, owner, interval, nested=True))
         return problems
 
-    def _idle(self, ctx: VerifyContext, stages: dict[str, dict[str, Any]]) -> tuple[list[str], Any]:
-        """(2) The prerun's idle power from its idle window; what later stages must record as idle_power_w."""
+    def _idle(self, stages: dict[str, dict[str, Any]]) -> tuple[list[str], Any, str | None]:
+        """(2) The prerun's idle power and idle-baseline verdict from its idle window (whose load step (2)
+        recomputes from the trace); what later stages must record as idle_power_w, and why their energy above
+        idle is null when the baseline was not idle."""
+        from distill_kit.energy.accounting import idle_baseline
+        from distill_kit.runner.summaries import idle_invalid_reason
+
         prerun = next((s for s in stages.values() if s["kind"] == "prerun"), None)
         if prerun is None or prerun["status"] != "finished":
-            return [], None
+            return [], None, None
         outputs = prerun["outputs"]
         idle = next((w for w in outputs.get("windows") or [] if w.get("label") == "idle"), None)
         recorded = outputs.get("idle_power_w")
         if idle is None:
-            return [f"{prerun['stage']}: no idle window to derive idle_power_w from"], recorded
+            return [f"{prerun['stage']}: no idle window to derive idle_power_w from"], recorded, None
         expected = {d: (f["energy_j"] / idle["duration_s"] if f["energy_j"] is not None and idle["duration_s"] > 0
                         else None) for d, f in idle["energy"].items()}
-        return [f"{prerun['stage']} idle_power_w{d}" for d in differences(recorded, expected, "")], recorded
+        problems = [f"{prerun['stage']} idle_power_w{d}" for d in differences(recorded, expected, "")]
+        baseline = idle_baseline(idle.get("load"))
+        problems += [f"{prerun['stage']} idle_baseline{d}"
+                     for d in differences(outputs.get("idle_baseline"), baseline, "")]
+        return problems, recorded, idle_invalid_reason({"outputs": {"idle_baseline": baseline}})
 
     def check(self, ctx: VerifyContext) -> str:
         from distill_kit.manifest.resolve import manifest_sha256
@@ -130,7 +146,7 @@ class Accounting:
 
         names = ctx.stage_names()
         stages = {name: ctx.stage_summary(name) for name in names}
-        problems, idle_power = self._idle(ctx, stages)
+        problems, idle_power, idle_invalid = self._idle(stages)
         attempts = 0
         for name, summary in stages.items():
             problems += self._attempts(ctx, name, summary)
@@ -141,7 +157,8 @@ class Accounting:
                                 f"{expected_idle!r})")
             rebuilt = stage_summary(name, summary["kind"], summary["status"], summary["attempts"],  # (3)
                                     summary["tokens"], summary["token_kind"], summary["outputs"],
-                                    summary["idle_power_w"], summary["trace"])
+                                    summary["idle_power_w"], summary["trace"],
+                                    None if summary["kind"] == "prerun" else idle_invalid)
             problems += [f"{stage_member(name, 'summary.json')}{d}" for d in differences(summary, rebuilt, "")]
         recorded = ctx.summary()
         resolved = ctx.resolved()
@@ -154,5 +171,6 @@ class Accounting:
                                     + (f" (+{len(problems) - 6} more)" if len(problems) > 6 else ""))
         total = recorded["totals"]["energy_j"]
         shown = f"{total:,.1f} J" if total is not None else "unmeasured"
+        idle = f"; {idle_invalid}, so no energy above idle is reported" if idle_invalid else ""
         return (f"{attempts} attempts in {len(stages)} stages recompute from their traces; total {shown}, "
-                "stage and run totals and J/token agree")
+                f"stage and run totals and J/token agree{idle}")
