@@ -73,7 +73,7 @@ def variant(base: Path, out: Path, name: str, seed: int, score: float, params_b:
             scores["student"][TASK] = _student_records(out / "stages" / stage["stage"], stage["outputs"], score)
         _write(out / "stages" / stage["stage"] / "summary.json", stage)
     _write(out / "summary.json", run_summary(resolved, digest, stages, summary["status"], summary["started_at"],
-                                             summary["ended_at"]))
+                                             summary["ended_at"], summary.get("run_window")))
     return out
 
 
@@ -95,5 +95,5 @@ def with_scores(run: Path, scores: dict[str, float]) -> Path:
     summary = _read(run / "summary.json")
     stages = [_read(run / "stages" / s["stage"] / "summary.json") for s in summary["stages"]]
     _write(run / "summary.json", run_summary(resolved, manifest_sha256(resolved), stages, summary["status"],
-                                             summary["started_at"], summary["ended_at"]))
+                                             summary["started_at"], summary["ended_at"], summary.get("run_window")))
     return run

@@ -45,6 +45,7 @@ from distill_kit.runner.summaries import run_summary, stage_summary
 
 T0 = 1_760_000_000.0
 INTERVAL = 0.1
+IDLE_W = {"gpu": 70.0, "cpu": 20.0, "ram": 4.0}  # the synthetic machine between stages
 COLUMNS = ["t", "attempt", "cpu_util_pct", "ram_used_mib", "gpu0_power_w", "gpu0_energy_mj", "gpu0_util_pct",
            "gpu0_mem_mib", "gpu0_sm_mhz", "gpu0_temp_c", "rapl_package-0_uj", "rapl_dram_uj", "error"]
 CHECK_NAMES = ["archive", "required-files", "integrity", "signature", "trusted-key", "schemas", "identity",
@@ -63,11 +64,19 @@ COMPUTE = {"device": "cuda", "torch": "2.13.0", "torch_cuda": "12.8", "gpu_names
 class _Trace:
     """Samples of one stage: GPU power, an energy counter that integrates it, RAPL counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, previous: _Trace | None = None, idle_s: float = 0.0) -> None:
+        """``previous``: the trace of the stage before, whose counters this one continues after ``idle_s`` of
+        idle (one machine, one set of counters: what the run window's edges difference)."""
         self.rows: list[dict[str, Any]] = []
-        self.gpu_mj = 5_000_000.0
-        self.pkg_uj = 1_000_000
-        self.dram_uj = 500_000
+        self.gpu_mj = previous.gpu_mj if previous else 5_000_000.0
+        self.pkg_uj = previous.pkg_uj if previous else 1_000_000
+        self.dram_uj = previous.dram_uj if previous else 500_000
+        self.idle(idle_s)
+
+    def idle(self, seconds: float) -> None:
+        self.gpu_mj += IDLE_W["gpu"] * seconds * 1000.0
+        self.pkg_uj += int(IDLE_W["cpu"] * seconds * 1e6)
+        self.dram_uj += int(IDLE_W["ram"] * seconds * 1e6)
 
     def sample(self, attempt: int, t0: float, t1: float, power_w: float, counter: bool = True) -> None:
         t = t0
@@ -103,6 +112,35 @@ def _edges(trace: _Trace, t0: float, t1: float, counter: bool, rapl: bool) -> di
     return {"start": trace.edge(t0, counter, rapl), "end": trace.edge(t1, counter, rapl),
             "rapl_max_uj": {"package-0": 262143328850, "dram": 65712999613} if rapl else {},
             "rapl_domain": {"package-0": "cpu", "dram": "ram"} if rapl else {}}
+
+
+def _shifted(edge: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """An edge read ``seconds`` later (earlier when negative) on the idle machine."""
+    out: dict[str, Any] = {"t": edge["t"] + seconds}
+    if "gpu_energy_mj" in edge:
+        out["gpu_energy_mj"] = [int(v + IDLE_W["gpu"] * seconds * 1000.0) for v in edge["gpu_energy_mj"]]
+    if "rapl_uj" in edge:
+        out["rapl_uj"] = {"package-0": int(edge["rapl_uj"]["package-0"] + IDLE_W["cpu"] * seconds * 1e6),
+                          "dram": int(edge["rapl_uj"]["dram"] + IDLE_W["ram"] * seconds * 1e6)}
+    return out
+
+
+def _run_window(first: dict[str, Any], last: dict[str, Any], before_s: float, after_s: float,
+                rapl: bool, stages_codecarbon: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """What EnergyMeter.end_run records: edges ``before_s`` before the first attempt inside it and ``after_s``
+    after the last, on the idle machine; CodeCarbon's run figure = its stage figures + idle between."""
+    start, end = _shifted(first["edges"]["start"], -before_s), _shifted(last["edges"]["end"], after_s)
+    codecarbon = None
+    if not rapl:
+        codecarbon = _codecarbon(end["t"] - start["t"])
+        for domain in ("cpu", "ram"):
+            inside = sum(c[f"{domain}_energy_j"] for c in stages_codecarbon if c)
+            between = (end["t"] - start["t"] - sum(c["duration_s"] for c in stages_codecarbon if c))
+            codecarbon[f"{domain}_energy_j"] = inside + IDLE_W[domain] * between
+    meta = {k: v for k, v in first["edges"].items() if k in ("rapl_max_uj", "rapl_domain")}
+    return {"t_start": start["t"], "t_end": end["t"], "started_at": iso(start["t"]), "ended_at": iso(end["t"]),
+            "duration_s": end["t"] - start["t"], "edges": {"start": start, "end": end, **meta},
+            "codecarbon": codecarbon}
 
 
 def _codecarbon(duration: float) -> dict[str, Any]:
@@ -214,6 +252,8 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
                                     "windows": [idle], "burn_in": None}, None,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
+    previous = trace
+
     # teacher: a logit cache (index + a shard bundled by digest)
     shard = b"\x00teacher-logits" * 64
     _write(run / "stages/teacher/cache/shard-00000.safetensors", shard)
@@ -222,7 +262,7 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
         "index_dtype": "uint16", "value_dtype": "float16", "complete": True, "teacher": {},
         "shards": [{"file": "shard-00000.safetensors", "sha256": hashlib.sha256(shard).hexdigest(),
                     "bytes": len(shard), "sequences": 10, "tokens": 640, "first_sequence": 0}]})
-    trace = _Trace()
+    trace = _Trace(previous, idle_s=0.6)
     trace.sample(1, T0 + 5.2, T0 + 15.55, 400.0)
     rendered = trace.render()
     attempt = _record(rendered, 1, "finished", T0 + 5.5, T0 + 15.5,
@@ -234,14 +274,17 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
                                    "teacher_forward_tokens", {"cache": {"path": "cache", "shards": 1}}, idle_power,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
+    previous = trace
+
     # student: attempt 1 killed (recovered from its samples), attempt 2 finished; GPU by integrated power
     weights = b"student-weights" * 100
     _write(run / "stages/student/final/model.safetensors", weights)
     _write(run / "stages/student/final/tokenizer.json", '{"model": "tiny"}')
     _write(run / "stages/student/checkpoints/step-0000050/model.safetensors", b"ckpt" * 50)
     _write(run / "stages/student/checkpoints/latest", "step-0000050")
-    trace = _Trace()
+    trace = _Trace(previous, idle_s=0.6)
     trace.sample(1, T0 + 16.2, T0 + 20.0, 350.0, counter=False)
+    trace.idle(10.2)
     trace.sample(2, T0 + 30.3, T0 + 45.55, 350.0, counter=False)
     rendered = trace.render()
     last = trace.rows[[r["attempt"] for r in trace.rows].index(2) - 1]["t"]
@@ -263,8 +306,10 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
                                     "token_budget": None}, idle_power,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
+    previous, resumed_attempt = trace, second
+
     # eval: one nested window per (model, task)
-    trace = _Trace()
+    trace = _Trace(previous, idle_s=0.6)
     trace.sample(1, T0 + 46.2, T0 + 56.55, 250.0)
     rendered = trace.render()
     attempt = _record(rendered, 1, "finished", T0 + 46.5, T0 + 56.5,
@@ -283,8 +328,11 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
     for summary in summaries:
         summary["outputs"]["compute"] = COMPUTE
         _json(run / "stages" / summary["stage"] / "summary.json", summary)
+    # the run window of the last invocation (resumed at T0 + 30): the student's second attempt and the eval inside
+    window = _run_window(resumed_attempt, attempt, 0.5, 0.7, rapl, [resumed_attempt["codecarbon"],
+                                                                    attempt["codecarbon"]])
     _json(run / "summary.json", run_summary(resolved, manifest.sha256, summaries, "finished",
-                                            journal.entries[0]["at"], iso(T0 + 57.2)))
+                                            journal.entries[0]["at"], iso(T0 + 57.2), window))
     journal.add(T0 + 57.5, "run_finished")
     _write(run / "journal.jsonl", journal.text())
     _write(run / ".summary.json.1234.tmp", "half-written")  # a temporary leftover: never bundled
@@ -453,11 +501,13 @@ def test_verify_passes_with_trusted_key(built: dict[str, Path], keys: dict[str, 
     assert [r.name for r in report.results] == CHECK_NAMES
     assert report.ok
     # the killed student attempt's CPU and RAM energy can only be estimated, and its figures are partial
-    # (measured up to the last sample): said, not failed
+    # (measured up to the last sample); the run was resumed, so only the last invocation's time between stages was
+    # measured: said, not failed
     assert report.result("measurement").status == "WARN"
     assert report.result("measurement").reason == (
-        "not measured by a counter, or partial: cpu estimate (in student); cpu partial (in student); "
-        "gpu partial (in student); ram estimate (in student); ram partial (in student)")
+        "not measured by a counter, or partial: cpu estimate (in student); cpu partial (in between stages, student); "
+        "gpu partial (in between stages, student); ram estimate (in student); ram partial (in between stages, "
+        "student)")
     assert all(r.status == "PASS" for r in report.results if r.name != "measurement"), report.results
     assert report.signer_key_id == keys["key_id"]
     document = report.to_dict()
@@ -764,7 +814,7 @@ def test_lowered_figures_resigned_by_their_submitter_fail_accounting(run_copy: P
     from distill_kit.manifest.resolve import manifest_sha256
 
     _json(run_copy / "summary.json", run_summary(manifest, manifest_sha256(manifest), stages, "finished",
-                                                 old["started_at"], old["ended_at"]))
+                                                 old["started_at"], old["ended_at"], old.get("run_window")))
     report = verify_bundle(repack(run_copy, tmp_path / "b.tar", keys["key"]), trusted_keys=[keys["pub"]])
     assert set(failed(report)) == {"accounting"}
     assert "student attempt 1: .energy.gpu.energy_j" in failed(report)["accounting"]

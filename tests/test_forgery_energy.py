@@ -85,7 +85,7 @@ def rederive(run: Path) -> None:
     (run / "journal.jsonl").write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in journal))
     old = _read(run / "summary.json")
     _json(run / "summary.json", run_summary(resolved, digest, rebuilt, old["status"], old["started_at"],
-                                            old["ended_at"]))
+                                            old["ended_at"], old.get("run_window")))
 
 
 def edit_summaries(run: Path, change: Callable[[str, dict[str, Any]], None]) -> None:
@@ -475,7 +475,7 @@ def test_a_relabelled_method_without_raw_counters_does_not_recompute(copy_of: An
         stages.append(again)
     resolved, old = _read(run / "manifest.resolved.json"), _read(run / "summary.json")
     _json(run / "summary.json", run_summary(resolved, manifest_sha256(resolved), stages, old["status"],
-                                            old["started_at"], old["ended_at"]))
+                                            old["started_at"], old["ended_at"], old.get("run_window")))
     report = verify(run, keys, tmp_path / "b.tar")
     assert "teacher attempt 1: .energy.cpu.method (got 'counter', expected 'estimate')" in failed(report)["accounting"]
 

@@ -68,7 +68,7 @@ def rederive(run: Path, change_eval: Any) -> None:
     stages = [_read(run / f"stages/{s['stage']}/summary.json") for s in old["stages"]]
     manifest = _read(run / "manifest.resolved.json")
     _write(run / "summary.json", run_summary(manifest, manifest_sha256(manifest), stages, old["status"],
-                                             old["started_at"], old["ended_at"]))
+                                             old["started_at"], old["ended_at"], old.get("run_window")))
 
 
 def _verify(run: Path, out: Path, keys: dict[str, Any]) -> Any:

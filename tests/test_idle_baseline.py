@@ -166,7 +166,8 @@ def test_a_bundle_claiming_its_loaded_baseline_was_idle_fails_accounting(loaded_
     (run / "stages/eval/summary.json").write_text(json.dumps(forged))
     old, resolved = _read(run / "summary.json"), _read(run / "manifest.resolved.json")
     (run / "summary.json").write_text(json.dumps(run_summary(
-        resolved, manifest_sha256(resolved), [prerun, forged], old["status"], old["started_at"], old["ended_at"])))
+        resolved, manifest_sha256(resolved), [prerun, forged], old["status"], old["started_at"], old["ended_at"],
+        old.get("run_window"))))
     results = _verify(run, signer, tmp_path / "forged.tar")
     status, reason = results["accounting"]
     assert status == "FAIL" and "prerun idle_baseline.valid (got True, expected False)" in reason, reason

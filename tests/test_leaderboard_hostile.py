@@ -58,7 +58,8 @@ def doctored(base: Path, out: Path, name: str, change: Callable[[dict[str, float
             change(scores["student"])
             _write(run / "stages" / stage["stage"] / "summary.json", stage)
     _write(run / "summary.json", run_summary(_read(run / "manifest.resolved.json"), summary["manifest_sha256"],
-                                             stages, summary["status"], summary["started_at"], summary["ended_at"]))
+                                             stages, summary["status"], summary["started_at"], summary["ended_at"],
+                                             summary.get("run_window")))
     return run
 
 

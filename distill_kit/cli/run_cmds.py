@@ -91,7 +91,8 @@ def _print_results(run_dir: Path) -> None:
     console = Console(highlight=False, soft_wrap=True, width=wide())
     summary = read_json(run_dir / "summary.json")
     stages = [read_json(run_dir / "stages" / s["stage"] / "summary.json") for s in summary["stages"]]
-    console.print(stages_table(stages, title=f"{summary['name']}: stages"))
+    console.print(stages_table(stages, title=f"{summary['name']}: stages",
+                               between=summary["totals"].get("between_stages")))
     if summary["quality"]:
         console.print(quality_table(summary["quality"]))
     console.print(totals_line(summary))

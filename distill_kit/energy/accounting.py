@@ -153,3 +153,61 @@ def idle_baseline(load: dict[str, Any] | None) -> dict[str, Any] | None:
             problems.append(message.format(value, limit))
     return {"valid": not problems, "reason": "; ".join(problems) or None, "unchecked": unchecked,
             "limits": {key: limit for key, limit, _ in limits}}
+
+
+def _edge_at(record: dict[str, Any], side: str) -> dict[str, Any]:
+    edges = record.get("edges") or {}
+    return {**(edges.get(side) or {}), "t": record["t_start" if side == "start" else "t_end"]}
+
+
+def _gaps(run_window: dict[str, Any], inside: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The stretches of the run window outside every stage window, as (opening edge, closing edge)."""
+    opens = [_edge_at(run_window, "start"), *(_edge_at(a, "end") for a in inside)]
+    closes = [*(_edge_at(a, "start") for a in inside), _edge_at(run_window, "end")]
+    return list(zip(opens, closes, strict=True))
+
+
+def _estimate_between(domain: str, run_window: dict[str, Any], inside: list[dict[str, Any]]) -> EnergyFigure:
+    """CodeCarbon's run-window estimate minus its stage-window estimates (it has no edges to difference)."""
+    run_cc = run_window.get("codecarbon")
+    if not run_cc or any(not a.get("codecarbon") for a in inside):
+        return EnergyFigure.unmeasured(f"no {domain} counter at the stage edges, and no CodeCarbon estimate for the "
+                                       "run window and every stage window")
+    energy = float(run_cc[f"{domain}_energy_j"]) - sum(float(a["codecarbon"][f"{domain}_energy_j"]) for a in inside)
+    return EnergyFigure(
+        energy_j=energy, method="estimate", uncertainty_j=SENSOR_REL_ACCURACY["estimate"] * abs(energy),
+        source=f"{ESTIMATE_SOURCE} {run_cc.get('version', '')}: run window minus {len(inside)} stage windows",
+        notes=["negative: the estimates of overlapping windows disagree by more than what lies between"]
+        if energy < 0 else [])
+
+
+def between_stages(run_window: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Energy of the run window outside every stage window (start-up, imports, loading between stages), per domain.
+
+    Counters (NVML energy, RAPL) are read at every gap's own edges: the run window's and the stage windows' edge
+    readings, so the sum over the gaps is the run window minus the stage windows without one long RAPL interval
+    that could wrap more than once. CPU and RAM without RAPL: CodeCarbon's run-window figure minus its stage-window
+    figures. Attempts outside the run window (a resumed run's earlier invocations) make every figure partial: the
+    time between their stages was not measured.
+    """
+    from distill_kit.energy.figures import sum_figures
+
+    t0, t1 = run_window["t_start"], run_window["t_end"]
+    inside = sorted((a for a in attempts if t0 <= a["t_start"] and a["t_end"] <= t1), key=lambda a: a["t_start"])
+    meta = {k: v for k, v in (run_window.get("edges") or {}).items() if k in ("rapl_max_uj", "rapl_domain")}
+    empty = Trace(["t"], [])
+    gaps = [window_figures(empty, start["t"], end["t"], {"start": start, "end": end, **meta}, None, 0.0,
+                           {"gpu": "no GPU energy counter readings at the stage edges"})
+            for start, end in _gaps(run_window, inside)]
+    energy = {}
+    for domain in ("gpu", "cpu", "ram"):
+        parts = [g[domain] for g in gaps]
+        if domain != "gpu" and any(p.method == "unmeasured" for p in parts):
+            energy[domain] = _estimate_between(domain, run_window, inside)
+        else:
+            energy[domain] = sum_figures(parts)
+        if len(inside) < len(attempts) and energy[domain].energy_j is not None:
+            energy[domain].partial = True
+            energy[domain].notes.append("resumed run: only this invocation's time between stages was measured")
+    return {"duration_s": (t1 - t0) - sum(a["duration_s"] for a in inside), "stage_windows": len(inside),
+            "energy": {d: f.to_dict() for d, f in energy.items()}}

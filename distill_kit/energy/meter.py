@@ -83,6 +83,12 @@ class Window:
     notes: list[str]
 
 
+@dataclass
+class RunWindow:
+    edges_start: dict[str, Any]
+    codecarbon: Any
+
+
 class EnergyMeter:
     def __init__(self, interval_ms: int = 100, country_iso_code: str = "CAN", use_codecarbon: bool = True):
         self.interval_ms = interval_ms
@@ -149,6 +155,42 @@ class EnergyMeter:
             notes.append(f"sampler did not start: {err.strip()[-300:] or 'no output'}")
             return None
         return proc
+
+    def _codecarbon(self) -> Any:
+        if not self.use_codecarbon:
+            return None
+        try:
+            from distill_kit.energy.estimate import CodeCarbonWindow
+
+            tracker = CodeCarbonWindow(self.country)
+            tracker.start()
+            return tracker
+        except Exception:  # noqa: BLE001 - the run window then has no estimate, and its figures say so
+            return None
+
+    def begin_run(self, sync: Callable[[], None] = sync_devices) -> RunWindow:
+        """Open the window of the whole run: counter edges (every domain, every visible GPU) and a CodeCarbon
+        window, no sampler (the stage windows have theirs). Its figures are the energy between stages."""
+        codecarbon = self._codecarbon()
+        sync()
+        return RunWindow(self._edge(), codecarbon)
+
+    def end_run(self, window: RunWindow, sync: Callable[[], None] = sync_devices) -> dict[str, Any]:
+        sync()
+        end = self._edge()
+        figures = None
+        if window.codecarbon is not None:
+            try:
+                figures = window.codecarbon.stop().to_dict()
+            except Exception:  # noqa: BLE001 - a failed estimator leaves the between-stage CPU/RAM unmeasured
+                figures = None
+        t_start, t_end = window.edges_start["t"], end["t"]
+        return {"t_start": t_start, "t_end": t_end, "started_at": iso(t_start), "ended_at": iso(t_end),
+                "duration_s": t_end - t_start,
+                "edges": {"start": window.edges_start, "end": end,
+                          "rapl_max_uj": {z.name: z.max_energy_uj for z in self._zones},
+                          "rapl_domain": {z.name: z.domain for z in self._zones}},
+                "codecarbon": figures}
 
     def begin(self, stage_dir: Path, attempt: int, sync: Callable[[], None] = sync_devices) -> Window:
         stage_dir.mkdir(parents=True, exist_ok=True)

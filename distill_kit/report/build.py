@@ -78,6 +78,10 @@ def _stage_rows(run: RunData) -> list[list[str]]:
                      *(energy_cell(s["energy"].get(d)) for d in DOMAINS), fmt(s.get("energy_total_j")),
                      fmt(s.get("energy_above_idle_j")), fmt(s.get("j_per_token"), 4), fmt(s.get("tokens_per_s"))])
     totals = run.summary.get("totals") or {}
+    between = totals.get("between_stages")
+    if between:
+        rows.append(["between stages", "", "", fmt(between.get("duration_s")), "—",
+                     *(energy_cell((between.get("energy") or {}).get(d)) for d in DOMAINS), "", "", "", ""])
     by_domain = totals.get("energy_by_domain") or {}
     rows.append(["<b>total</b>", "", "", fmt(totals.get("wall_time_s")), "",
                  *(energy_cell(by_domain.get(d)) for d in DOMAINS), f"<b>{fmt(totals.get('energy_j'))}</b>",

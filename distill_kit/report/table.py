@@ -30,7 +30,9 @@ def _energy_cell(figure: dict[str, Any]) -> str:
     return f"{_fmt(figure['energy_j'])} ± {_fmt(unc)} {SHORT_METHOD[figure['method']]}{partial}"
 
 
-def stages_table(stages: list[dict[str, Any]], title: str = "stages") -> Table:
+def stages_table(stages: list[dict[str, Any]], title: str = "stages",
+                 between: dict[str, Any] | None = None) -> Table:
+    """One row per stage, then the energy between stages (the run summary's ``totals.between_stages``)."""
     table = Table(title=title, title_justify="left", caption=CAPTION, caption_justify="left")
     for column in ("stage", "status", "time s", "tokens", "GPU J", "CPU J", "RAM J", "J/token"):
         table.add_column(column, justify="right" if column not in ("stage", "status") else "left")
@@ -40,6 +42,9 @@ def stages_table(stages: list[dict[str, Any]], title: str = "stages") -> Table:
         attempts = f" ({len(stage['attempts'])} attempts)" if len(stage["attempts"]) > 1 else ""
         table.add_row(stage["stage"], stage["status"] + attempts, _fmt(stage["wall_time_s"]), tokens,
                       *(_energy_cell(energy[d]) for d in DOMAIN_ORDER), _fmt(stage.get("j_per_token"), digits=4))
+    if between is not None:
+        table.add_row("between stages", "", _fmt(between["duration_s"]), "—",
+                      *(_energy_cell(between["energy"][d]) for d in DOMAIN_ORDER), "—")
     return table
 
 

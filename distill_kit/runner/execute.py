@@ -2,7 +2,8 @@
 
 (0) the stages' preflight checks; (1) prepare the run directory (new, or resume the same manifest); (2) fingerprint
 the machine; (3) for each planned stage: skip it if finished, recover the energy of attempts a kill interrupted, run
-a new attempt inside a measurement window, fold its trace and write its summary; (4) write the run summary.
+a new attempt inside a measurement window, fold its trace and write its summary; (4) close the run window (opened
+before (1)) and write the run summary, whose totals include the energy between stages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_kit._io import atomic_write_bytes, atomic_write_json
-from distill_kit.energy.meter import AttemptRecord, EnergyMeter, iso
+from distill_kit.energy.meter import AttemptRecord, EnergyMeter, RunWindow, iso
 from distill_kit.energy.trace import read_trace, render_trace
 from distill_kit.errors import StageFailed
 from distill_kit.manifest import ResolvedManifest
@@ -72,6 +73,16 @@ class Runner:
         planned_stages = plan(self.manifest)
         for planned in planned_stages:  # (0) fail before the run directory exists, not after hours of training
             planned.preflight(self.manifest)
+        self.meter = EnergyMeter(*self._meter_args)
+        run_window = self.meter.begin_run()  # the whole run, so the energy between stages is measured too
+        try:
+            return self._execute(planned_stages, resume, run_window)
+        except BaseException:
+            self.meter.end_run(run_window)  # stops its CodeCarbon window; an unfinished run has no run summary
+            raise
+
+    def _execute(self, planned_stages: list[PlannedStage], resume: bool, run_window: RunWindow) -> RunOutcome:
+        assert self.meter is not None
         resumed = self.run.prepare(self.manifest, resume)  # (1)
         self.run.journal("run_resumed" if resumed else "run_started", manifest_sha256=self.manifest.sha256,
                          pid=os.getpid())
@@ -79,14 +90,14 @@ class Runner:
 
         if not (self.run.path / "fingerprint.json").exists() or resumed:  # (2)
             atomic_write_json(self.run.path / "fingerprint.json", collect_fingerprint(runtime=self.runtime))
-        self.meter = EnergyMeter(*self._meter_args)
         device = _device()
         summaries = []
         for planned in planned_stages:  # (3)
             summaries.append(self._stage(planned, device))
         entries = self.run.entries()
+        window = self.meter.end_run(run_window)
         summary = run_summary(self.manifest.document, self.manifest.sha256, summaries, "finished",
-                              entries[0]["at"] if entries else None, iso(__import__("time").time()))
+                              entries[0]["at"] if entries else None, iso(__import__("time").time()), window)
         atomic_write_json(self.run.path / "summary.json", summary)  # (4)
         self.run.journal("run_finished")
         return RunOutcome(self.run.path, summary, resumed)

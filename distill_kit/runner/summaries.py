@@ -1,6 +1,7 @@
 """Stage and run summaries, built only from what the run directory holds (so ``verify`` can rebuild them).
 
-A stage summary adds up the energy of every attempt, wasted ones included; the run summary adds up the stages.
+A stage summary adds up the energy of every attempt, wasted ones included; the run summary adds up the stages and
+the energy between them (the run window outside every stage window).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from distill_kit import __version__
+from distill_kit.energy.accounting import between_stages
 from distill_kit.energy.figures import DOMAINS, EnergyFigure, sum_figures, total_energy_j
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -71,9 +73,15 @@ def stage_summary(stage: str, kind: str, status: str, attempts: list[dict[str, A
     return summary
 
 
-def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pipeline totals: the sum over stages, teacher included, per domain and overall."""
-    by_domain = {d: sum_figures([EnergyFigure.from_dict(s["energy"][d]) for s in stages]) for d in DOMAINS}
+def run_totals(stages: list[dict[str, Any]], run_window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pipeline totals: the sum over stages, teacher included, per domain and overall, plus the energy between
+    stages when the run window was measured (``run_window``; absent in summaries of older kits)."""
+    between = None
+    if run_window is not None:
+        between = between_stages(run_window, [a for s in stages for a in s["attempts"]])
+    by_domain = {d: sum_figures([EnergyFigure.from_dict(s["energy"][d]) for s in stages]
+                                + ([EnergyFigure.from_dict(between["energy"][d])] if between else []))
+                 for d in DOMAINS}
     above = [s["energy_above_idle_j"] for s in stages if s.get("energy_above_idle_j") is not None]
     reasons = sorted({s["energy_above_idle_reason"] for s in stages if s.get("energy_above_idle_reason")})
     totals = {
@@ -86,18 +94,23 @@ def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if reasons:
         totals["energy_above_idle_reason"] = "; ".join(reasons)
+    if between is not None:
+        totals["between_stages"] = between
     return totals
 
 
 def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dict[str, Any]],
-                status: str, started_at: str | None, ended_at: str | None) -> dict[str, Any]:
+                status: str, started_at: str | None, ended_at: str | None,
+                run_window: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's summary; ``run_window`` (the meter's record of the whole run: edges and CodeCarbon window) adds
+    the energy between stages to the totals and is kept in the summary, so ``verify`` recomputes it."""
     quality: dict[str, Any] = {}
     for stage in stages:
         for model, tasks in (stage.get("outputs", {}).get("scores") or {}).items():
             quality.setdefault(model, {}).update(tasks)
-    totals = run_totals(stages)
+    totals = run_totals(stages, run_window)
     trained = sum(s["tokens"] for s in stages if s["token_kind"] == "trained_tokens")
-    return {
+    summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "name": manifest["name"],
         "pipeline": manifest["pipeline"],
@@ -116,3 +129,6 @@ def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dic
         "j_per_trained_token": _ratio(totals["energy_j"], trained) if trained else None,
         "quality": quality,
     }
+    if run_window is not None:
+        summary["run_window"] = run_window
+    return summary

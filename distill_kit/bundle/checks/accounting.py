@@ -3,8 +3,8 @@
 (1) each attempt's per-domain figures = ``window_figures`` on the attempt's trace rows, edges and CodeCarbon
 window (and its sample count and coverage); (2) each nested window (idle baseline, eval tasks) likewise (its load
 too), and the prerun's idle power and idle-baseline verdict from its idle window; (3) each stage summary =
-``stage_summary`` over its attempts; (4) the run summary = ``run_summary`` over the stage summaries (totals,
-J/token, quality).
+``stage_summary`` over its attempts; (4) the run summary = ``run_summary`` over the stage summaries and its run
+window (totals, energy between stages, J/token, quality).
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ def _compare_window(label: str, record: dict[str, Any], again: dict[str, Any]) -
     return [f"{label}: {d}" for d in differences(got, expected, "")]
 
 
+def _joules(between: dict[str, Any]) -> str:
+    values = [f["energy_j"] for f in between["energy"].values() if f["energy_j"] is not None]
+    return f"{sum(values):,.1f} J" if values else "unmeasured energy"
+
+
 class Accounting:
     """Every attempt's energy recomputes from its trace and edge readings; stage and run totals, energy above
     idle and J/token recompute from them."""
@@ -163,7 +168,8 @@ class Accounting:
         recorded = ctx.summary()
         resolved = ctx.resolved()
         rebuilt_run = run_summary(resolved, manifest_sha256(resolved), list(stages.values()),  # (4)
-                                  recorded["status"], recorded["started_at"], recorded["ended_at"])
+                                  recorded["status"], recorded["started_at"], recorded["ended_at"],
+                                  recorded.get("run_window"))
         rebuilt_run["kit_version"] = recorded["kit_version"]
         problems += [f"summary.json{d}" for d in differences(recorded, rebuilt_run, "")]
         if problems:
@@ -172,5 +178,8 @@ class Accounting:
         total = recorded["totals"]["energy_j"]
         shown = f"{total:,.1f} J" if total is not None else "unmeasured"
         idle = f"; {idle_invalid}, so no energy above idle is reported" if idle_invalid else ""
+        between = recorded["totals"].get("between_stages")
+        gap = "; no run window (older kit): energy between stages not measured" if between is None else \
+            f"; {_joules(between)} between stages recomputes from the run window's edges"
         return (f"{attempts} attempts in {len(stages)} stages recompute from their traces; total {shown}, "
-                f"stage and run totals and J/token agree{idle}")
+                f"stage and run totals and J/token agree{gap}{idle}")

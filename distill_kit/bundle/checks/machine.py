@@ -224,6 +224,19 @@ class Measurement:
 
     name = "measurement"
 
+    @staticmethod
+    def _between(totals: dict[str, Any], weak: dict[str, set[str]]) -> None:
+        """The energy between stages: absent (an older kit's summary), estimated or partial."""
+        between = totals.get("between_stages")
+        if between is None:
+            weak.setdefault("between stages not measured (no run window)", set()).add("run")
+            return
+        for domain, figure in between["energy"].items():
+            if figure["method"] in ("estimate", "unmeasured"):
+                weak.setdefault(f"{domain} {figure['method']}", set()).add("between stages")
+            if figure.get("partial"):
+                weak.setdefault(f"{domain} partial", set()).add("between stages")
+
     def check(self, ctx: VerifyContext) -> str | Warn:
         weak: dict[str, set[str]] = {}
         methods: dict[str, set[str]] = {}
@@ -234,6 +247,7 @@ class Measurement:
                     weak.setdefault(f"{domain} {figure['method']}", set()).add(stage)
                 if figure.get("partial"):  # a sensor gap or a killed attempt: the figure is a lower bound
                     weak.setdefault(f"{domain} partial", set()).add(stage)
+        self._between(ctx.summary()["totals"], weak)
         described = "; ".join(f"{d}: {'/'.join(sorted(m))}" for d, m in sorted(methods.items()))
         if weak:
             return Warn("not measured by a counter, or partial: " + "; ".join(
