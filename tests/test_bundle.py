@@ -806,7 +806,8 @@ def test_lowered_figures_resigned_by_their_submitter_fail_accounting(run_copy: P
         attempt["energy"]["gpu"]["energy_j"] *= 0.5
     manifest = json.loads((run_copy / "manifest.resolved.json").read_text())
     rebuilt = stage_summary("student", stage["kind"], stage["status"], stage["attempts"], stage["tokens"],
-                            stage["token_kind"], stage["outputs"], stage["idle_power_w"], stage["trace"])
+                            stage["token_kind"], stage["outputs"], stage["idle_power_w"], stage["trace"],
+                            stage.get("energy_above_idle_reason"))
     _json(stage_path, rebuilt)
     stages = [json.loads((run_copy / f"stages/{s}/summary.json").read_text())
               for s in ("prerun", "teacher", "student", "eval")]

@@ -74,7 +74,8 @@ def rederive(run: Path) -> None:
     rebuilt = []
     for name, s in stages.items():
         again = stage_summary(name, s["kind"], s["status"], s["attempts"], s["tokens"], s["token_kind"],
-                              s["outputs"], None if s["kind"] == "prerun" else idle, s["trace"])
+                              s["outputs"], None if s["kind"] == "prerun" else idle, s["trace"],
+                              s.get("energy_above_idle_reason"))
         _json(run / "stages" / name / "summary.json", again)
         rebuilt.append(again)
     digest = manifest_sha256(resolved)
@@ -470,7 +471,7 @@ def test_a_relabelled_method_without_raw_counters_does_not_recompute(copy_of: An
     for name in STAGES:
         s = _read(run / "stages" / name / "summary.json")
         again = stage_summary(name, s["kind"], s["status"], s["attempts"], s["tokens"], s["token_kind"],
-                              s["outputs"], s["idle_power_w"], s["trace"])
+                              s["outputs"], s["idle_power_w"], s["trace"], s.get("energy_above_idle_reason"))
         _json(run / "stages" / name / "summary.json", again)
         stages.append(again)
     resolved, old = _read(run / "manifest.resolved.json"), _read(run / "summary.json")

@@ -63,7 +63,8 @@ def rederive(run: Path, change_eval: Any) -> None:
     stage = _read(path)
     change_eval(stage["outputs"])
     _write(path, stage_summary("eval", stage["kind"], stage["status"], stage["attempts"], stage["tokens"],
-                               stage["token_kind"], stage["outputs"], stage["idle_power_w"], stage["trace"]))
+                               stage["token_kind"], stage["outputs"], stage["idle_power_w"], stage["trace"],
+                               stage.get("energy_above_idle_reason")))
     old = _read(run / "summary.json")
     stages = [_read(run / f"stages/{s['stage']}/summary.json") for s in old["stages"]]
     manifest = _read(run / "manifest.resolved.json")

@@ -60,7 +60,8 @@ class _ForeignCpu:
         self._psutil = psutil
         self._parent = psutil.Process(parent_pid) if parent_pid else psutil.Process().parent()
         self._cpus = psutil.cpu_count() or 1
-        self._last = self._read()
+        self._tree_cpu_s()  # fails here, not at every row, when the parent cannot be read
+        self._last: tuple[float, float, float] | None = None  # the first row has no interval to measure over
 
     def _tree_cpu_s(self) -> float:
         times = self._parent.cpu_times()
