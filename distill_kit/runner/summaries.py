@@ -75,9 +75,12 @@ def run_totals(stages: list[dict[str, Any]]) -> dict[str, Any]:
 def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dict[str, Any]],
                 status: str, started_at: str | None, ended_at: str | None) -> dict[str, Any]:
     quality: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
     for stage in stages:
         for model, tasks in (stage.get("outputs", {}).get("scores") or {}).items():
             quality.setdefault(model, {}).update(tasks)
+        for model, tasks in (stage.get("outputs", {}).get("provenance") or {}).items():
+            provenance.setdefault(model, {}).update(tasks)
     totals = run_totals(stages)
     trained = sum(s["tokens"] for s in stages if s["token_kind"] == "trained_tokens")
     return {
@@ -98,4 +101,5 @@ def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dic
         "totals": totals,
         "j_per_trained_token": _ratio(totals["energy_j"], trained) if trained else None,
         "quality": quality,
+        "quality_provenance": provenance,
     }
