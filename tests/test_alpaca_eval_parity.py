@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,18 @@ N = 64  # instructions in the generated benchmark
 
 
 def _reply(messages: list[dict[str, str]]) -> JudgeReply:
-    """A deterministic judge: its log-probs for 'm' and 'M' follow a hash of what it is shown; one reply in ten
-    names neither token (unreadable)."""
-    digest = hashlib.sha256(repr(messages).encode()).digest()
+    """A deterministic judge with a length bias and a position bias, plus noise from a hash of what it is shown (so
+    the GLM has a length effect to remove and the output order matters); one reply in ten names neither token."""
+    text = "".join(m["content"] for m in messages)
+    digest = hashlib.sha256(text.encode()).digest()
     if digest[0] % 10 == 0:
         return JudgeReply(text="Both", top_logprobs=[{"token": "Both", "logprob": -0.1}], prompt_tokens=1,
                           completion_tokens=1)
-    m = -(digest[1] / 32)
-    big_m = -(digest[2] / 32)
-    first = "m" if m > big_m else "M"
-    return JudgeReply(text=first, top_logprobs=[{"token": "m", "logprob": m}, {"token": "M", "logprob": big_m}],
+    first, second = re.findall(r'"output": """(.*?)"""', text, flags=re.S)[-2:]
+    logit = 0.03 * (len(first) - len(second)) + 0.4 + (digest[1] - 128) / 64  # > 0: output "m" is better
+    m, big_m = -math.log1p(math.exp(-logit)), -math.log1p(math.exp(logit))
+    return JudgeReply(text="m" if logit > 0 else "M", top_logprobs=[{"token": "m", "logprob": m},
+                                                                   {"token": "M", "logprob": big_m}],
                       prompt_tokens=1, completion_tokens=1)
 
 
@@ -122,6 +125,7 @@ def test_kit_matches_alpaca_eval_evaluate_preference_for_preference(tmp_path, mo
     monkeypatch.undo()
     assert glm.hf_hub_download.__name__ == "hf_hub_download"
     metrics, kit = _kit(reference, outputs, gamed, limit)
+    assert abs(metrics["length_controlled_winrate"] - metrics["win_rate"]) > 1  # the GLM removed a length effect
 
     assert len(package) == len(kit) == (limit or N)
     assert [p["instruction"] for p in package] == list(kit["instruction"])  # same subset, same order
