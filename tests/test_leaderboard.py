@@ -273,7 +273,11 @@ def test_submit_then_api_and_pages(board: Server, kit: Kit, tmp_path: Path) -> N
     assert detail["tier"]["containerised"] is True and detail["tier"]["energy"] in ("measured", "estimated")
     assert {r["name"]: r["status"] for r in detail["verify_report"]["results"]}["trusted-key"] == "PASS"
     assert detail["scores"]["student"]["tiny_task"] == 0.55
+    assert detail["sources"]["student"]["tiny_task"] == "full"  # the whole tiny task: ranked with full scores
+    assert "partial=1" in board.get("/", params={"task": "tiny_task"}).text
+    assert "never ranked with full-benchmark ones" in board.get("/", params={"task": "tiny_task", "partial": "1"}).text
     for query, expected in (({"pipeline": "kd"}, 1), ({"pipeline": "baseline_sft"}, 0), ({"task": "tiny_task"}, 1),
+                            ({"task": "tiny_task", "partial": "true"}, 0),
                             ({"task": "other"}, 0), ({"student_params_b": 1}, 1), ({"min_params_b": 2}, 0)):
         assert board.get("/api/entries", params=query).json()["count"] == expected, query
     pareto = board.get("/api/pareto/tiny_task").json()
