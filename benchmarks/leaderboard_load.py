@@ -9,8 +9,8 @@ the server starts), 30% re-submissions of those, 25% invalid (tampered, unsigned
 empty), 25% hostile (members escaping the archive, symlinks, a gzip bomb as a trace signed by a registered key,
 a gzip-compressed upload, 20,000-member archives, a 3,000-task run, control characters in the run's name, an
 upload over the size limit, a multipart form of 2,000 fields). The server's rate limits are set high on purpose
-(``RATE_ARGS``): this measures throughput and integrity, not the per-key and per-address limiters. /api/health is polled every
-50 ms throughout. Every loop is bounded in count and time.
+(``RATE_ARGS``): this measures throughput and integrity, not the per-key and per-address limiters. /api/health
+is polled every 50 ms throughout. Every loop is bounded in count and time.
 
 Figures: ``accepted_lost`` (answered 201 but missing from the database or the bundle store at the end, or
 created twice, or a bundle stored twice) = 0; ``hostile_not_4xx`` (a hostile upload answered anything but a 4xx)
@@ -424,7 +424,8 @@ def _report(outcomes: list[Outcome], elapsed: float, sampler: Sampler, counts: C
         "entries_in_database": sum(counts.values()), "bundles_stored": len(files), "created_201": len(created),
         "health_polls": len(sampler.health_ms), "health_failures": sampler.health_failures,
         "health_max_ms": round(max(health), 1), "health_median_ms": round(health[len(health) // 2], 1),
-        "server_rate_limits": " ".join(RATE_ARGS) + " (set high: the per-key and per-address limiters are not what this measures; one address sends all)",
+        "server_rate_limits": " ".join(RATE_ARGS) + " (set high: the per-key and per-address limiters are not "
+                              "what this measures; one address sends all)",
         "keys": f"{TEAMS * KEYS_PER_TEAM} keys of {TEAMS} teams", "verify_workers": 2,
         "max_upload_mb": MAX_UPLOAD_MB, "database": "PostgreSQL (throwaway cluster, fsync off)",
         "server_errors_logged": server_errors,

@@ -41,6 +41,11 @@ def _student_records(stage_dir: Path, outputs: dict[str, Any], score: float) -> 
         record["correct"] = i < right
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     detail["score"] = right / len(records)
+    if "provenance" in detail:  # what the eval stage records beside the new score
+        from distill_kit.evaluation.provenance import provenance
+
+        detail["provenance"] = provenance(detail, records, fixture_data=False)
+        outputs.setdefault("provenance", {}).setdefault("student", {})[TASK] = detail["provenance"]
     return detail["score"]
 
 

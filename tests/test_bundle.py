@@ -322,6 +322,7 @@ def make_run(root: Path, containerised: bool = True, rapl: bool = True) -> Path:
     journal.add(T0 + 57.0, "stage_finished", "eval", attempt=1)
     summaries.append(stage_summary("eval", "eval", "finished", [attempt], 20_000, "eval_tokens",
                                    {"scores": {d["model"]: {"tiny_task": d["score"]} for d in details},
+                                    "provenance": {d["model"]: {"tiny_task": d["provenance"]} for d in details},
                                     "tasks": details, "full_evaluation": True, "windows": windows}, idle_power,
                                    {"path": "trace.csv.gz", "samples": len(trace.rows), "columns": COLUMNS}))
 
@@ -346,10 +347,13 @@ def _tiny_task_evidence(run: Path, model: str, correct: int) -> dict[str, Any]:
     rows = load_rows(TINY_DIR / "task" / "eval.jsonl")
     records = [{"prompt": r.prompt, "target": r.answer, "output": " " + (r.answer if i < correct else "x"),
                 "correct": i < correct} for i, r in enumerate(rows)]
+    from distill_kit.evaluation.provenance import provenance
+
     samples = f"samples/{model}.tiny_task.jsonl"
     _write(run / "stages/eval" / samples, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    return {"model": model, "task": "tiny_task", "metric": "exact_match", "score": correct / len(rows),
-            "n": len(rows), "tokens": 100, "full": True, "data": "benchmark", "samples": samples}
+    detail = {"model": model, "task": "tiny_task", "metric": "exact_match", "score": correct / len(rows),
+              "n": len(rows), "tokens": 100, "full": True, "data": "benchmark", "samples": samples}
+    return {**detail, "provenance": provenance(detail, records, fixture_data=False)}
 
 
 def repack(run: Path, out: Path, key: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -102,6 +103,26 @@ def test_mt_bench_101_scoring_rules():
     assert per_task == {"CM": 7.0, "MR": 3.0} and overall == 5.0  # min per dialogue, mean per task, mean of tasks
 
 
+def test_standard_errors_of_each_kind_of_score():
+    from distill_kit.evaluation.provenance import binomial_stderr, bootstrap_mt_bench_101, stderr
+
+    assert binomial_stderr([True, False, True, True]) == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
+    assert binomial_stderr([True]) is None
+    lm_eval = {"task": "ifeval", "details": {"lm_eval_metric": "prompt_level_strict_acc,none", "metrics": {
+        "prompt_level_strict_acc,none": 0.5, "prompt_level_strict_acc_stderr,none": 0.21}}}
+    assert stderr(lm_eval, []) == (0.21, "lm-eval")
+    group = {"task": "mmlu", "details": {"lm_eval_metric": "acc,none", "metrics": {"acc,none": 0.5}}}  # "N/A"
+    value, method = stderr(group, [{"correct": i % 2 == 0} for i in range(10)])
+    assert value == pytest.approx((0.25 / 9) ** 0.5) and method.startswith("binomial")
+    rng = random.Random(3)
+    samples = [{"task": t, "dialogue_id": d, "score": rng.randint(1, 10)} for t in ("CM", "MR") for d in range(30)
+               for _ in range(2)]
+    first, again = bootstrap_mt_bench_101(samples), bootstrap_mt_bench_101(samples)
+    assert first == again and 0 < first < 1.5  # seeded; the spread of a mean of 30 ratings per task
+    wider = bootstrap_mt_bench_101(samples[:8])
+    assert wider > first  # fewer dialogues, less certain
+
+
 def test_missing_benchmark_data_fails_naming_the_fetch_command(tmp_path, monkeypatch):
     from distill_kit.errors import AssetMissing
     from distill_kit.evaluation.data import data_root, nltk_data_root
@@ -143,6 +164,34 @@ def test_a_local_server_judge_must_be_on_this_machine(tmp_path, cli):
     assert_no_traceback(result)
 
 
+def test_num_fewshot_is_per_lm_eval_task_and_bounded(tmp_path, cli):
+    for bad, words in (({"alpaca_eval": 5}, "num_fewshot"), ({"mmlu": -1}, "num_fewshot"),
+                       ({"mmlu": "five"}, "num_fewshot")):
+        manifest = write_manifest(tmp_path / "m.yaml", {"tasks": ["mmlu"], "data": "fixtures", "num_fewshot": bad})
+        result = cli("validate", str(manifest))
+        assert result.returncode == 2 and words in result.output, (bad, result.output)
+        assert_no_traceback(result)
+    good = write_manifest(tmp_path / "ok.yaml", {"tasks": ["mmlu"], "data": "fixtures", "num_fewshot": {"mmlu": 5},
+                                                "apply_chat_template": True, "batch_size": 4})
+    assert cli("validate", str(good)).returncode == 0
+
+
+def test_tasks_command_lists_what_eval_tasks_may_name_with_source_and_size(cli):
+    from distill_kit.evaluation.benchmarks import FULL_SIZES, tiny_task_size
+
+    listed = json.loads(cli("tasks", "--json").stdout)
+    schema = json.loads((REPO / "distill_kit" / "schemas" / "manifest.schema.json").read_text())
+    assert [t["task"] for t in listed] == sorted(schema["$defs"]["eval"]["properties"]["tasks"]["items"]["enum"])
+    by_task = {t["task"]: t for t in listed}
+    for task, size in FULL_SIZES.items():
+        assert (by_task[task]["size"], by_task[task]["source"]) == (size.n, size.source)
+    assert by_task["tiny_task"]["size"] == tiny_task_size().n
+    assert by_task["olmes"]["size"] is None and by_task["mmlu"]["harness"].startswith("lm-eval")
+    assert [t for t, v in by_task.items() if v["judge"]] == ["alpaca_eval", "mt_bench_101"]
+    table = cli("tasks")
+    assert table.returncode == 0 and "1,319 test questions" in table.stdout and "805 instructions" in table.stdout
+
+
 # ---------------------------------------------------------------- end to end through the CLI
 
 
@@ -167,7 +216,7 @@ def lm_eval_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("lm_eval_run")
     manifest = write_manifest(tmp / "m.yaml", {
         "models": ["student"], "tasks": ["gsm8k", "mmlu", "ifeval"], "data": "fixtures", "limit": 3,
-        "max_length": 2048, "batch_size": 8})
+        "max_length": 2048, "batch_size": 8, "num_fewshot": {"gsm8k": 2}, "apply_chat_template": True})
     result = run_cli("run", str(manifest), "--run-dir", str(tmp / "run"), "--runtime", "local")
     assert result.returncode == 0, result.output
     return tmp / "run"
@@ -209,6 +258,25 @@ def test_eval_summary_has_energy_samples_and_lm_evals_own_files(lm_eval_run):
     assert by_task["mmlu"]["n"] == 57 and by_task["mmlu"]["data"] == "fixtures" and not by_task["mmlu"]["full"]
     assert not by_task["gsm8k"]["full"] and not summary["full_evaluation"]  # limit 3 of 5: a subset, recorded
     assert (stage / "lm_eval_tasks" / "SOURCES.json").is_file()
+
+
+@pytest.mark.slow
+def test_lm_eval_options_reach_lm_eval_and_are_recorded(lm_eval_run):
+    """eval.num_fewshot (per task), apply_chat_template and batch_size: passed to lm-eval (its own results say
+    so), in the recorded command line (which the test above re-runs for the same scores) and in the provenance."""
+    stage = read(lm_eval_run / "stages" / "eval" / "summary.json")["outputs"]
+    by_task = {t["task"]: t for t in stage["tasks"]}
+    gsm8k = by_task["gsm8k"]
+    assert gsm8k["details"]["n_shot"] == {"dk_gsm8k": 2}  # lm-eval's own record (its config says 5)
+    assert "--num_fewshot 2 --apply_chat_template" in gsm8k["details"]["command"]
+    assert "--batch_size 8" in gsm8k["details"]["command"]
+    assert "--num_fewshot" not in by_task["ifeval"]["details"]["command"]  # not named: the task's own count
+    (results,) = (lm_eval_run / "stages" / "eval" / "lm_eval" / "student" / "gsm8k").glob("gsm8k_*.json")
+    config = read(results)
+    assert config["chat_template"] and config["fewshot_as_multiturn"] is True and config["config"]["batch_size"] == 8
+    assert stage["provenance"]["student"]["gsm8k"]["num_fewshot"] == 2
+    assert stage["provenance"]["student"]["ifeval"]["num_fewshot"] == 0
+    assert stage["settings"]["num_fewshot"] == {"gsm8k": 2} and stage["settings"]["apply_chat_template"] is True
 
 
 @pytest.fixture

@@ -172,6 +172,36 @@ def test_full_caveat_erased_fails(forged: Path, keys: dict[str, Any], tmp_path: 
     assert "eval: full_evaluation (got true, expected false)" in reason
 
 
+def test_provenance_claiming_full_evaluations_fails(forged: Path, keys: dict[str, Any], tmp_path: Path) -> None:
+    """The provenance beside the student's scores rewritten: subset and fixture scores claimed full, with a larger
+    n; the ``full`` flags left honest. summary.json's quality_provenance and the predicate are re-derived from it."""
+    def upgrade(outputs: dict[str, Any]) -> None:
+        for detail in (d for d in outputs["tasks"] if d["model"] == "student"):
+            detail["provenance"].update(source="full", n=1319 if detail["task"] == "gsm8k" else 200)
+            outputs["provenance"][detail["model"]][detail["task"]] = detail["provenance"]
+
+    rederive(forged, upgrade)
+    report = _verify(forged, tmp_path / "b.tar", keys)
+    assert set(_failed(report)) == {"evaluation"}
+    reason = _failed(report)["evaluation"]
+    assert "student/tiny_task: provenance source (got 'full', expected 'subset': 40 of 200 rows)" in reason
+    assert "student/gsm8k: provenance source (got 'full', expected 'fixture': 5 of 1,319 test questions)" in reason
+    assert "student/gsm8k: provenance n (got 1319, expected 5, the number of records)" in reason
+
+
+def test_honest_provenance_marks_subset_and_fixture_scores(kd_run: Path) -> None:
+    summary = _read(kd_run / "summary.json")
+    provenance = summary["quality_provenance"]
+    assert set(provenance) == set(summary["quality"])
+    tiny, gsm8k = provenance["student"]["tiny_task"], provenance["student"]["gsm8k"]
+    assert tiny["source"] == "subset" and tiny["n"] == 40 and tiny["num_fewshot"] == 0
+    p = summary["quality"]["student"]["tiny_task"]
+    assert tiny["stderr"] == pytest.approx((p * (1 - p) / 39) ** 0.5)
+    assert tiny["stderr_method"] == "binomial sqrt(p(1-p)/(n-1))"
+    assert gsm8k["source"] == "fixture" and gsm8k["n"] == 5 and gsm8k["num_fewshot"] == 5
+    assert gsm8k["stderr_method"] == "lm-eval" and gsm8k["judge"] is None
+
+
 def test_scores_without_records_are_unverifiable(forged: Path, keys: dict[str, Any], tmp_path: Path) -> None:
     (forged / "stages/eval/samples/student_initial.tiny_task.jsonl").unlink()
     report = _verify(forged, tmp_path / "b.tar", keys)

@@ -273,7 +273,11 @@ def test_submit_then_api_and_pages(board: Server, kit: Kit, tmp_path: Path) -> N
     assert detail["tier"]["containerised"] is True and detail["tier"]["energy"] in ("measured", "estimated")
     assert {r["name"]: r["status"] for r in detail["verify_report"]["results"]}["trusted-key"] == "PASS"
     assert detail["scores"]["student"]["tiny_task"] == 0.55
+    assert detail["sources"]["student"]["tiny_task"] == "full"  # the whole tiny task: ranked with full scores
+    assert "partial=1" in board.get("/", params={"task": "tiny_task"}).text
+    assert "never ranked with full-benchmark ones" in board.get("/", params={"task": "tiny_task", "partial": "1"}).text
     for query, expected in (({"pipeline": "kd"}, 1), ({"pipeline": "baseline_sft"}, 0), ({"task": "tiny_task"}, 1),
+                            ({"task": "tiny_task", "partial": "true"}, 0),
                             ({"task": "other"}, 0), ({"student_params_b": 1}, 1), ({"min_params_b": 2}, 0)):
         assert board.get("/api/entries", params=query).json()["count"] == expected, query
     pareto = board.get("/api/pareto/tiny_task").json()
@@ -444,3 +448,51 @@ def test_rate_limit_and_verification_time_limit(kit: Kit, tmp_path: Path) -> Non
         assert server.get("/api/health").json()["entries"] == 0 and server.stored() == set()
     finally:
         server.stop()
+
+
+def test_subset_and_fixture_scores_are_never_ranked_with_full_ones(tmp_path: Path) -> None:
+    """A task's ranking and frontier hold full-benchmark scores only; the subset, fixture and unrecorded ones are
+    ranked apart when asked, and marked on the page. The source comes from the bundle's quality_provenance."""
+    from distill_kit.leaderboard.pages import RankingView, ranking_page
+    from distill_kit.leaderboard.store import EntryFilter, NewEntry, Store
+    from distill_kit.leaderboard.verifier import extract
+
+    run = make_run(tmp_path / "run")
+    bundle = pack_run(run, tmp_path / "run.tar", load_private_key(generate_keypair(tmp_path / "k").private_path))
+    fields = extract(bundle.path, {"bundle": {"sha256": "0" * 64, "size_bytes": 1}})
+    assert fields["sources"] == {"teacher": {"tiny_task": "full"}, "student": {"tiny_task": "full"}}
+
+    store = Store(f"sqlite:///{tmp_path / 'board.db'}")
+    key, _ = store.add_key("team", (tmp_path / "k.pub").read_bytes())
+
+    def add(i: int, score: float, source: str | None) -> None:
+        digest = f"{i:064x}"
+        new = NewEntry(bundle_sha256=digest, key_id=key.key_id, size_bytes=1, name=f"e{i}", pipeline="kd",
+                       manifest_sha256=digest, kit_version="x", student_params_b=1.0, total_energy_j=100.0 + i,
+                       energy_above_idle_j=None, teacher_energy_j=None, wall_time_s=1.0, j_per_trained_token=None,
+                       energy_tier="measured", containerised=False, methods=["counter"], summary={}, stages=[],
+                       verify_report={}, scores={"student": {"gsm8k": score}}, run_sha256=digest,
+                       sources={"student": {"gsm8k": source}} if source else {})
+        store.add_pending(new)
+        store.mark_stored(digest)
+
+    for i, score, source in ((1, 0.40, "full"), (2, 0.90, "fixture"), (3, 0.60, "subset"), (4, 0.50, "full"),
+                             (5, 0.95, None)):
+        add(i, score, source)
+    try:
+        assert [e.name for e in store.entries(EntryFilter(task="gsm8k"))] == ["e4", "e1"]
+        partial = EntryFilter(task="gsm8k", partial=True)
+        assert [e.name for e in store.entries(partial)] == ["e5", "e2", "e3"]
+        assert len(store.entries(EntryFilter())) == 5  # the plain listing (by energy) holds every entry
+        assert {p.name for p in store.pareto("gsm8k").points} == {"e1", "e4"}
+        assert {p.name for p in store.pareto_lean("gsm8k").points} == {"e1", "e4"}
+        html = ranking_page(RankingView(entries=store.entries(partial), f=partial, page=1, has_next=False,
+                                        tasks=["gsm8k"], pipelines=["kd"]))
+        assert '0.900 <span class="src fixture">fixture</span>' in html
+        assert '<span class="src subset">subset</span>' in html and "source not recorded" in html
+        assert "never ranked with full-benchmark ones" in html
+        full = ranking_page(RankingView(entries=store.entries(EntryFilter(task="gsm8k")), f=EntryFilter(task="gsm8k"),
+                                        page=1, has_next=False, tasks=["gsm8k"], pipelines=["kd"]))
+        assert 'class="src' not in full.split("<table")[1] and "partial=1" in full
+    finally:
+        store.close()

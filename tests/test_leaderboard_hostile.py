@@ -494,8 +494,10 @@ def test_migration_keeps_entries_scrubs_paths_and_refuses_infinity(db: str, requ
     try:
         assert [e.bundle_sha256 for e in store.entries()] == ["abc"]  # the Infinity entry hidden, not lost
         assert store.entries()[0].scores == {"student": {"tiny_task": 0.5}}  # scores kept through the upgrade
+        assert store.entries()[0].sources == {"student": {"tiny_task": None}}  # 0003: the source was not recorded
         assert store.entry_detail("abc").verify_report["bundle"]["path"] == "abc.tar"  # type: ignore[union-attr]
         with pytest.raises(IntegrityError), store.engine.begin() as connection:
-            connection.execute(text("INSERT INTO scores VALUES (1, 'student', 'other', :inf)"), {"inf": float("inf")})
+            connection.execute(text("INSERT INTO scores (entry_id, model, task, score) VALUES (1, 'student', "
+                                    "'other', :inf)"), {"inf": float("inf")})
     finally:
         store.close()

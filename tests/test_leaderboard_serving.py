@@ -64,7 +64,8 @@ def _clone(template: Any, key_id: str, name: str, scores: dict[str, dict[str, fl
                     j_per_trained_token=template.j_per_trained_token, energy_tier=template.tier.energy,
                     containerised=template.tier.containerised, methods=list(template.tier.methods),
                     summary=template.summary, stages=template.stages if stages is None else stages,
-                    verify_report=template.verify_report, scores=scores)
+                    verify_report=template.verify_report, scores=scores,
+                    sources=template.sources)  # the template's full tiny_task: ranked with the others
 
 
 def _insert(store: Store, entry: NewEntry) -> Any:

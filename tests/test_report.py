@@ -7,6 +7,7 @@ The runs are the synthetic, consistent ones of the bundle tests (``synthetic_run
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import shutil
 from pathlib import Path
@@ -120,6 +121,25 @@ def test_report_of_bundles_compares_and_computes_break_even(runs: dict[str, Path
     row = re.search(r"<td class=\"l\">kd_32b_1b</td><td class=\"l\">baseline</td>.*?<b>(\w+)</b>", html)
     assert row and row.group(1) == str(expected)
     _assert_self_contained(result.index)
+
+
+def test_quality_shows_stderr_and_marks_subset_and_fixture_scores(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A full score carries ± its standard error; a subset or fixture score is marked with its n, in the run's
+    quality table and in the comparison."""
+    run = tmp_path / "subset-run"
+    shutil.copytree(runs["kd"], run)
+    summary = json.loads((run / "summary.json").read_text())
+    teacher = summary["quality_provenance"]["teacher"]["tiny_task"]
+    assert teacher["source"] == "full" and teacher["stderr_method"].startswith("binomial")
+    summary["quality_provenance"]["student"]["tiny_task"].update(source="subset", n=40, source_reason="40 of 200")
+    summary["quality"]["teacher"]["gsm8k"] = 0.2
+    summary["quality_provenance"]["teacher"]["gsm8k"] = {**teacher, "source": "fixture", "n": 5, "stderr": 0.2}
+    (run / "summary.json").write_text(json.dumps(summary))
+    html = build_report([run, runs["better"]], tmp_path / "out").index.read_text()
+    assert f'<span class="pm" title="binomial sqrt(p(1-p)/(n-1))">± {teacher["stderr"]:.3f}</span>' in html
+    assert '<span class="src subset" title="40 of 200">subset n=40</span>' in html
+    assert '<span class="src fixture"' in html and "fixture n=5" in html
+    assert "neither is comparable with published full-benchmark numbers" in html
 
 
 def test_cpu_only_trace_plots_utilisation_and_says_so(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ def test_alpaca_eval_lc_win_rate_refit_through_alpaca_eval() -> None:
     records = [{"index": i, "instruction": r["instruction"], "output": r["output"][: 20 + 15 * i],
                 "reference_output": r["output"], "preference": 1.0 + (i % 2), "glm_preference": 0.0}
                for i, r in enumerate(reference)]
+    for record in records:  # a cut that keeps the whole reference is a copy: alpaca_eval's tie
+        record["preference"] = 1.5 if record["output"] == record["reference_output"] else record["preference"]
     gamed = (root / "df_gamed.csv").read_bytes()
     first = rescore("alpaca_eval", records, Evidence(gamed_csv=gamed))
     assert len(first.disagreements) == len(records)  # the stored GLM preferences (0.0) are not the re-fit ones
@@ -95,3 +97,28 @@ def _glm(records: list[dict], gamed: bytes) -> list[float]:
     path.write_bytes(gamed)
     _lc_winrate(frame, path)
     return [float(g) for g in frame["glm_preference"]]
+
+
+def test_alpaca_eval_an_output_identical_to_the_reference_is_a_tie_whatever_the_record_says() -> None:
+    """alpaca_eval scores an output identical to the reference 1.5 without asking the judge: a record claiming the
+    model won such a pair is re-read as a tie and named."""
+    from distill_kit.evaluation.alpaca_eval2 import _import_alpaca_eval
+
+    _import_alpaca_eval()
+    root = FIXTURES_DIR / "alpaca_eval"
+    reference = json.loads((root / "alpaca_eval_gpt4_baseline.json").read_text())
+    records = [{"index": i, "instruction": r["instruction"], "output": r["output"] if i < 2 else r["output"][:30],
+                "reference_output": r["output"], "preference": 1.5 if i < 2 else 1.0 + (i % 2),
+                "glm_preference": 0.0} for i, r in enumerate(reference)]
+    gamed = (root / "df_gamed.csv").read_bytes()
+    for record, value in zip(records, _glm(records, gamed), strict=True):
+        record["glm_preference"] = value
+    honest = rescore("alpaca_eval", records, Evidence(gamed_csv=gamed))
+    assert honest.disagreements == []
+    forged = [dict(r) for r in records]
+    forged[0]["preference"] = 2.0  # the copied reference "wins"
+    for record, value in zip(forged, _glm(forged, gamed), strict=True):
+        record["glm_preference"] = value
+    rescored = rescore("alpaca_eval", forged, Evidence(gamed_csv=gamed))
+    assert rescored.score == pytest.approx(honest.score)
+    assert "0" in rescored.disagreements

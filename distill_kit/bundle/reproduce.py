@@ -109,12 +109,14 @@ def _student_dir(weights: Path | None, bundled: dict[str, bytes], expected: str 
 
 def _settings(manifest: dict[str, Any], out_dir: Path) -> Any:
     from distill_kit.assets.resolve import asset_path
-    from distill_kit.evaluation.registry import EvalSettings
+    from distill_kit.evaluation.registry import EvalSettings, eval_setting
 
     settings = manifest.get("eval", {})
     eval_ref = manifest["data"].get("eval")
-    return EvalSettings(
-        device="cpu", limit=settings.get("limit"), batch_size=settings.get("batch_size", 32),
+    return EvalSettings(  # the lm-eval options as the run had them (the same defaults), so its scores come back
+        device="cpu", limit=settings.get("limit"), batch_size=eval_setting(settings, "batch_size"),
+        num_fewshot=eval_setting(settings, "num_fewshot"),
+        apply_chat_template=eval_setting(settings, "apply_chat_template"),
         max_new_tokens=settings.get("max_new_tokens"),
         data_dir=asset_path(eval_ref, manifest["name"]) if eval_ref else None,
         data_mode=settings.get("data", "hub"), dataset_overrides=settings.get("datasets", {}),

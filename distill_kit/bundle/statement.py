@@ -41,6 +41,7 @@ def predicate(summary: dict[str, Any], fingerprint: dict[str, Any], external: li
         "totals": summary.get("totals"),
         "j_per_trained_token": summary.get("j_per_trained_token"),
         "quality": summary.get("quality"),
+        **({"quality_provenance": summary["quality_provenance"]} if "quality_provenance" in summary else {}),
         "external_artifacts": external,
         "created_by": {"tool": "distill-kit", "version": __version__},
     }

@@ -17,6 +17,7 @@ from distill_kit.cli import (
     report_cmds,
     reproduce_cmds,
     run_cmds,
+    tasks_cmds,
 )
 from distill_kit.cli.errors import run_app
 
@@ -37,6 +38,7 @@ app.add_typer(assets_cmds.app, name="assets")
 app.add_typer(keys_cmds.app, name="keys")
 report_cmds.register(app)
 reproduce_cmds.register(app)
+tasks_cmds.register(app)
 app.add_typer(leaderboard_cmds.app, name="leaderboard")
 leaderboard_cmds.register_submit(app)
 

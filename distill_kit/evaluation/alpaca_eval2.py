@@ -1,13 +1,26 @@
 """AlpacaEval 2: the model under test answers each instruction; a judge compares its answer with the reference
 answer (``gpt4_1106_preview``); the score is the length-controlled win rate.
 
-Built from the ``alpaca-eval`` package's own parts, so the numbers mean what AlpacaEval's do: its pairwise prompt
-(``weighted_alpaca_eval_gpt4_turbo``: the judge names the better output, ``m`` or ``M``, read from the log-probs of
-its first token), its seeded random order of the two outputs (``RandomSwitchTwoColumnsProcessor``, seed 123), its
-``logprob_parser`` and its ``get_length_controlled_winrate`` (the GLM with instruction difficulty). The one change:
-the GLM's regularisation data (``df_gamed.csv``) is read from the pinned, fetched ``tatsu-lab/alpaca_eval`` (or the
-fixture) instead of being downloaded at run time. A judge that returns no log-probs falls back to the text
-(``m`` -> 1, ``M`` -> 2), which is recorded.
+Built from the ``alpaca-eval`` package's own parts, and making the package's own decisions, so the numbers mean what
+AlpacaEval's do (tests/test_alpaca_eval_parity.py checks preferences and LC win rate against ``alpaca_eval.evaluate``
+on the same outputs and judge replies):
+
+- the pairwise prompt of ``weighted_alpaca_eval_gpt4_turbo`` (the judge names the better output, ``m`` or ``M``, read
+  from the log-probs of its first token) and its ``logprob_parser``;
+- the order of the two outputs switched by ``RandomSwitchTwoColumnsProcessor`` seeded on the instruction with seed 0
+  (``PairwiseAnnotator``'s seed, which it hands to its single annotators and their processors);
+- an output identical to the reference is scored 1.5 without asking the judge (``PairwiseAnnotatorLocal``);
+- a subset (``eval.limit``) is the first N after shuffling the instructions with seed 123 (``evaluate``'s
+  ``max_instances``), not the first N of the file;
+- a reply no preference can be read from stays unannotated (the GLM is fitted without it, as the package does);
+  when no reply at all can be read the task fails with the count (the package cannot fit its GLM either);
+- ``get_length_controlled_winrate`` (the GLM with instruction difficulty, which it looks up by the position in the
+  evaluated set, as the package does).
+
+Two changes, both recorded: the GLM's regularisation data (``df_gamed.csv``) is read from the pinned, fetched
+``tatsu-lab/alpaca_eval`` (or the fixture) instead of being downloaded at run time; a judge that returns no log-probs
+falls back to the text (``m`` -> 1, ``M`` -> 2), counted in ``preference_sources``. The recorded ``annotator`` is the
+judge that answered; ``annotator_config`` names the package's prompt and parser.
 
 Steps: (1) generate; (2) judge, inside its own energy window; (3) win rate and LC win rate; (4) per-sample records
 (preference, switch, GLM preference) from which a verifier recomputes both.
@@ -29,7 +42,9 @@ ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 BASELINE = "gpt4_1106_preview"
 REFERENCE_FILE = "alpaca_eval_gpt4_baseline.json"
 GAMED_FILE = "df_gamed.csv"
-SWITCH_SEED = 123  # alpaca_eval's SingleAnnotator default, passed to its processors
+SWITCH_SEED = 0  # PairwiseAnnotator's seed: it overrides SingleAnnotator's own default (123) and reaches the processors
+SUBSET_SEED = 123  # alpaca_eval.evaluate shuffles the instructions with this seed before taking max_instances
+IDENTICAL = 1.5  # the package's preference for an output identical to the reference (never judged)
 
 
 def _import_alpaca_eval() -> Any:
@@ -78,16 +93,37 @@ def _preference(reply: Any, parser_kwargs: dict[str, Any]) -> tuple[float, str]:
     return float("nan"), "unparsed"
 
 
-def _judge(rows: list[dict[str, Any]], outputs: list[str], label: str, settings: EvalSettings
-           ) -> tuple[Any, list[str]]:
-    """(2) the annotations frame, as alpaca_eval builds it, with the judge's preferences."""
+def subset(reference: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The instructions a run evaluates: all of them, or (``limit``) the first N after alpaca_eval's seeded shuffle."""
+    if not limit or limit >= len(reference):
+        return list(reference)
+    import pandas as pd
+
+    order = pd.DataFrame({"i": range(len(reference))}).sample(frac=1, random_state=SUBSET_SEED)["i"]
+    return [reference[int(i)] for i in list(order)[:limit]]
+
+
+def _ask(judge: Any, prompt: str, config: dict[str, Any]) -> tuple[float, str, str]:
+    from alpaca_eval.utils import prompt_to_chatml
+
+    reply = judge.complete(prompt_to_chatml(prompt), max_tokens=config["completions_kwargs"]["max_tokens"],
+                           top_logprobs=config["completions_kwargs"]["top_logprobs"],
+                           choices=config["completion_parser_kwargs"]["denominator_tokens"])
+    value, source = _preference(reply, config["completion_parser_kwargs"])
+    return value, source, reply.text
+
+
+def annotate(instructions: list[str], references: list[str], outputs: list[str], label: str, judge: Any
+             ) -> tuple[Any, list[str]]:
+    """(2) the annotations frame, as alpaca_eval's ``PairwiseAnnotator`` builds it, with the judge's preferences.
+
+    Output 1 is the reference, output 2 the model's; a preference of 1 favours the reference, 2 the model."""
     import pandas as pd
     from alpaca_eval.processors import RandomSwitchTwoColumnsProcessor
-    from alpaca_eval.utils import make_prompts, prompt_to_chatml
+    from alpaca_eval.utils import make_prompts
 
     template, config = _template()
-    df = pd.DataFrame({"instruction": [r["instruction"] for r in rows],
-                       "output_1": [r["output"] for r in rows], "output_2": outputs,
+    df = pd.DataFrame({"instruction": instructions, "output_1": references, "output_2": outputs,
                        "generator_1": BASELINE, "generator_2": label, "annotator": ANNOTATOR})
 
     def unswitch(frame: pd.DataFrame) -> pd.DataFrame:
@@ -101,21 +137,29 @@ def _judge(rows: list[dict[str, Any]], outputs: list[str], label: str, settings:
                                              _switch_column="is_switched_outputs", seed=SWITCH_SEED)
     shown = switch.preprocess(df)
     prompts, _ = make_prompts(shown, template)
+    answers: dict[tuple[str, str, str], tuple[float, str, str]] = {}  # the package judges each distinct row once
     preferences, how, raw = [], [], []
-    for prompt in prompts:
-        reply = settings.judge.complete(prompt_to_chatml(prompt), max_tokens=config["completions_kwargs"]["max_tokens"],
-                                        top_logprobs=config["completions_kwargs"]["top_logprobs"],
-                                        choices=config["completion_parser_kwargs"]["denominator_tokens"])
-        value, source = _preference(reply, config["completion_parser_kwargs"])
+    for prompt, (_, row) in zip(prompts, shown.iterrows(), strict=True):
+        key = (row["instruction"], row["output_1"], row["output_2"])
+        if row["output_1"] == row["output_2"]:
+            answers[key] = (IDENTICAL, "identical", "")  # 3 - 1.5 = 1.5: unchanged when unswitched
+        elif key not in answers:
+            answers[key] = _ask(judge, prompt, config)
+        value, source, text = answers[key]
         preferences.append(value)
         how.append(source)
-        raw.append(reply.text)
+        raw.append(text)
     shown["preference"] = preferences
     shown["judge_reply"] = raw
     switched = list(shown["is_switched_outputs"])
     annotations = switch.postprocess(shown)
     annotations["is_switched_outputs"] = switched
     annotations["preference_from"] = how
+    annotations.index = range(len(annotations))  # the position in the evaluated set, as the package's GLM reads it
+    unread = how.count("unparsed")
+    if unread == len(how):
+        raise EvalError(f"alpaca_eval: none of the judge's {unread} replies gave a preference (no 'm' or 'M' in its "
+                        "log-probs or text): check the judge and its prompt; no win rate can be fitted")
     return annotations, how
 
 
@@ -136,13 +180,19 @@ def _lc_winrate(annotations: Any, gamed_csv: Path) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def score(annotations: Any, gamed_csv: Path) -> tuple[dict[str, float], list[float]]:
+    """(3) the package's metrics and the per-sample GLM preferences."""
+    metrics = _lc_winrate(annotations, gamed_csv)
+    return metrics, [float(g) for g in annotations["glm_preference"]]
+
+
 def evaluate(model_dir: Path, tokenizer_dir: Path, settings: EvalSettings) -> TaskScore:
     if settings.judge is None:
         raise EvalError("alpaca_eval needs a judge: set eval.judge in the manifest")
     _import_alpaca_eval()
     root = data_root("alpaca_eval", settings.data_mode, settings.dataset_overrides, settings.manifest_name)
     reference = json.loads((root / REFERENCE_FILE).read_text())
-    rows = reference[: settings.limit] if settings.limit else reference
+    rows = subset(reference, settings.limit)
     if len(rows) < 2:
         raise EvalError("alpaca_eval's length-controlled win rate needs at least 2 instructions (its length term is "
                         "scaled by their spread): raise eval.limit")
@@ -152,24 +202,26 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, settings: EvalSettings) -> Ta
     del chat
     label = f"{settings.model_label}/alpaca_eval/judge"
     with settings.measure(label) as window:  # (2)
-        annotations, how = _judge(rows, outputs, settings.model_label, settings)
+        annotations, how = annotate([r["instruction"] for r in rows], [r["output"] for r in rows], outputs,
+                                    settings.model_label, settings.judge)
     settings.windows.append(window)
-    annotations.index = range(len(annotations))  # the instruction's position in the evaluation set
-    metrics = _lc_winrate(annotations, root / GAMED_FILE)  # (3)
+    metrics, glm = score(annotations, root / GAMED_FILE)  # (3)
     if settings.out_dir is not None:  # the GLM's regularisation data, bundled so a verifier can re-fit the GLM
         from distill_kit._io import atomic_write_bytes
 
         atomic_write_bytes(settings.out_dir / "alpaca_eval" / GAMED_FILE, (root / GAMED_FILE).read_bytes())
     samples = [{"index": i, "instruction": r["instruction"], "output": o, "reference_output": r["output"],
                 "preference": None if math.isnan(p) else p, "preference_from": src, "is_switched_outputs": bool(s),
-                "glm_preference": float(g), "judge_reply": j}  # (4)
+                "glm_preference": g, "judge_reply": j}  # (4)
                for i, (r, o, p, src, s, g, j) in enumerate(zip(
                    rows, outputs, annotations["preference"], how, annotations["is_switched_outputs"],
-                   annotations["glm_preference"], annotations["judge_reply"], strict=True))]
+                   glm, annotations["judge_reply"], strict=True))]
     return TaskScore(task="alpaca_eval", metric="lc_win_rate", score=metrics["length_controlled_winrate"],
                      n=len(samples), tokens=int(tokens), samples=samples, full=len(rows) == len(reference),
-                     details={"harness": "alpaca-eval (package parts)", "annotator": ANNOTATOR, "baseline": BASELINE,
-                              "metrics": metrics, "switch_seed": SWITCH_SEED, "data": settings.data_mode,
+                     details={"harness": "alpaca-eval (package parts and decisions)", "annotator": settings.judge.name,
+                              "annotator_config": ANNOTATOR, "baseline": BASELINE, "metrics": metrics,
+                              "switch_seed": SWITCH_SEED, "subset_seed": SUBSET_SEED if len(rows) < len(reference)
+                              else None, "data": settings.data_mode,
                               "max_new_tokens": settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                               "preference_sources": {k: how.count(k) for k in sorted(set(how))}},
                      judge=settings.judge.record(window))

@@ -8,9 +8,11 @@ their sources; the tiny task is the kit's own benchmark, its size read from the 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -67,3 +69,42 @@ def tiny_task_rows() -> frozenset[tuple[str, str]]:
     from distill_kit.assets.task import TINY_DIR, load_rows
 
     return frozenset((r.prompt, r.answer) for r in load_rows(TINY_DIR / "task" / "eval.jsonl"))
+
+
+def covered(task: str, records: list[dict[str, Any]]) -> int:
+    """What a full evaluation counts, each distinct item once (a repeated record does not pad the count):
+    dialogues for MT-Bench-101, (subject, question) for MMLU, documents or rows for every other task."""
+    if task == "mt_bench_101":
+        return len({(r.get("task"), r.get("dialogue_id")) for r in records})
+    if task == "tiny_task":
+        return len({(r.get("prompt"), r.get("target")) for r in records})
+    return len({json.dumps([r.get("subtask"), r.get("doc_id", r.get("index"))]) for r in records})
+
+
+def _coverage(task: str, records: list[dict[str, Any]] | None, fixture_data: bool) -> tuple[bool, str]:
+    size = full_size(task)
+    if size is None:
+        return False, "no known full size for this task"
+    if records is None:
+        return False, "no per-sample records"
+    count = covered(task, records)
+    if count != size.n:
+        return False, f"{count:,} of {size.n:,} {size.unit}"
+    if task == "tiny_task":
+        rows = {(r.get("prompt"), r.get("target")) for r in records}
+        if rows != tiny_task_rows():
+            return False, "the records are not the rows of the kit's tiny-task eval split"
+        return True, f"{count:,} {size.unit}, the kit's whole tiny-task eval split"
+    if task == "mmlu" and len({r.get("subtask") for r in records}) != 57:
+        return False, f"{len({r.get('subtask') for r in records})} of 57 subjects"
+    if fixture_data:
+        return False, "run on the kit's fixture data"
+    return True, f"{count:,} {size.unit} ({size.source})"
+
+
+def data_source(task: str, records: list[dict[str, Any]] | None, fixture_data: bool) -> tuple[str, str]:
+    """Where a score comes from: ``full`` (the records cover the whole pinned benchmark, not on fixture data),
+    ``fixture`` (the kit's few-row fixtures), ``subset`` (anything else), with the reason. The eval stage records
+    it; the verifier's ``evaluation`` check derives it again from the bundled records and data digests."""
+    full, why = _coverage(task, records, fixture_data)
+    return ("full" if full else "fixture" if fixture_data else "subset"), why

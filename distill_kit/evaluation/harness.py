@@ -56,6 +56,11 @@ def cli_command(task: str, args: str, settings: EvalSettings, output_path: str) 
              "--tasks", KIT_TASKS[task]]
     if settings.limit:
         parts += ["--limit", str(settings.limit)]
+    shots = settings.num_fewshot.get(task)
+    if shots is not None:
+        parts += ["--num_fewshot", str(shots)]
+    if settings.apply_chat_template:
+        parts += ["--apply_chat_template"]  # lm-eval then gives few-shot examples as turns (fewshot_as_multiturn)
     parts += ["--log_samples", "--output_path", output_path]
     return env + " ".join(shlex.quote(p) for p in parts)
 
@@ -174,7 +179,8 @@ def evaluate_task(task: str, model_dir: Path, tokenizer_dir: Path, settings: Eva
         results = lm_eval.simple_evaluate(  # (2)
             model="hf", model_args=args, tasks=[lm_task], limit=settings.limit, log_samples=True,
             task_manager=_task_manager(settings.lm_eval_tasks_dir), device=settings.device,
-            batch_size=settings.batch_size, evaluation_tracker=tracker)
+            batch_size=settings.batch_size, evaluation_tracker=tracker, num_fewshot=settings.num_fewshot.get(task),
+            apply_chat_template=settings.apply_chat_template, fewshot_as_multiturn=settings.apply_chat_template)
     if results is None:
         raise EvalError(f"lm-eval returned no results for {lm_task}")
     samples = results.pop("samples")
@@ -193,6 +199,8 @@ def evaluate_task(task: str, model_dir: Path, tokenizer_dir: Path, settings: Eva
                  else results.get("lm_eval_version"), "lm_eval_task": lm_task, "lm_eval_metric": metric,
                  "metrics": {k: v for k, v in headline.items() if "," in k and not isinstance(v, str)},
                  "n_shot": results.get("n-shot", {}), "n_samples": n_samples, "model_args": args,
+                 "num_fewshot": settings.num_fewshot.get(task), "apply_chat_template": settings.apply_chat_template,
+                 "fewshot_as_multiturn": settings.apply_chat_template, "batch_size": settings.batch_size,
                  "lm_eval_results": [str(relative / name) for name in written],
                  "data": settings.data_mode, "command": cli_command(task, args, settings, "OUT")})
 

@@ -27,6 +27,17 @@ ADAPTERS = {
 KNOWN_TASKS = sorted(ADAPTERS)
 LM_EVAL_TASKS = ("gsm8k", "mmlu", "ifeval")
 JUDGED_TASKS = ("alpaca_eval", "mt_bench_101")
+# eval.* settings a manifest may leave out, in one place (the eval stage reads them through ``eval_setting``)
+EVAL_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,  # lm-eval's --batch_size, and the batch of the kit's own generation
+    "num_fewshot": {},  # lm-eval task -> few-shot count; a task not named keeps its config's own (gsm8k 5, others 0)
+    "apply_chat_template": False,  # lm-eval's --apply_chat_template (few-shot examples then given as chat turns)
+}
+
+
+def eval_setting(settings: dict[str, Any], key: str) -> Any:
+    """``eval.<key>`` of a manifest, or the kit's default."""
+    return settings.get(key, EVAL_DEFAULTS[key])
 
 
 class EvalError(DistillKitError):
@@ -61,6 +72,8 @@ class EvalSettings:
     lm_eval_tasks_dir: Path | None = None  # the generated task folder (see lm_eval_tasks)
     dtype: str = "auto"
     max_length: int | None = None  # lm-eval's model context (model_args max_length); None: the model's own
+    num_fewshot: dict[str, int] = field(default_factory=dict)  # lm-eval task -> shots (EVAL_DEFAULTS)
+    apply_chat_template: bool = False
     judge: Judge | None = None
     olmes_tasks: list[str] = field(default_factory=list)
     mt_bench_101_prompts: str | None = None  # a JSON file with other judge prompt wording
@@ -81,3 +94,41 @@ def run_task(task: str, model_dir: Path, tokenizer_dir: Path, settings: EvalSett
                         f"(available: {', '.join(sorted(ADAPTERS))})")
     module_name, _, function = ADAPTERS[task].partition(":")
     return getattr(importlib.import_module(module_name), function)(model_dir, tokenizer_dir, settings)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task the kit can run, for ``distill-kit tasks``."""
+
+    task: str
+    harness: str
+    judge: bool  # needs eval.judge
+    size: int | None  # records of a full evaluation; None: it depends on the run (olmes)
+    unit: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "harness": self.harness, "judge": self.judge, "size": self.size,
+                "unit": self.unit, "source": self.source}
+
+
+def _harness(task: str) -> str:
+    if task in LM_EVAL_TASKS:
+        return "lm-eval (simple_evaluate, the official task config)"
+    return {"alpaca_eval": "alpaca-eval (its annotator's decisions and LC win rate)",
+            "mt_bench_101": "the kit's MT-Bench-101 adapter (a judge rates each turn)",
+            "tiny_task": "the kit's exact match (greedy decoding)",
+            "olmes": "AI2's olmes command (not on PyPI)"}.get(task, "?")
+
+
+def task_catalog() -> list[TaskInfo]:
+    """Every task the registry can run, with its full size and source (evaluation/benchmarks.py)."""
+    from distill_kit.evaluation.benchmarks import full_size
+
+    rows = []
+    for task in KNOWN_TASKS:
+        size = full_size(task)
+        rows.append(TaskInfo(task, _harness(task), task in JUDGED_TASKS, size.n if size else None,
+                             size.unit if size else "tasks named in eval.olmes_tasks",
+                             size.source if size else "the olmes tool's own task suite (oe_eval)"))
+    return rows

@@ -16,7 +16,8 @@ What each task's score is recomputed from (the records are the eval stage's ``sa
   prompt-level flags are recomputed from the per-instruction results (all followed), the score is their mean;
 - mt_bench_101: each turn's rating re-read from the judge's text (the kit's ``parse_score``), then the kit's
   :func:`distill_kit.evaluation.mt_bench_101.aggregate` (min per dialogue, mean per task, mean over tasks);
-- alpaca_eval: the win rate from the judge's preferences; the length-controlled win rate through alpaca_eval's own
+- alpaca_eval: the win rate from the judge's preferences (an output identical to the reference is a tie, 1.5,
+  whatever its record says, as alpaca_eval scores it); the length-controlled win rate through alpaca_eval's own
   ``get_length_controlled_winrate`` when the GLM's regularisation data is given, else the mean of the per-sample GLM
   preferences (said in ``method``).
 
@@ -156,21 +157,25 @@ def _alpaca_eval(records: list[dict[str, Any]], evidence: Evidence) -> Rescored:
                         "not re-fit)")
     import pandas as pd
 
-    from distill_kit.evaluation.alpaca_eval2 import ANNOTATOR, BASELINE, _import_alpaca_eval, _lc_winrate
+    from distill_kit.evaluation.alpaca_eval2 import ANNOTATOR, BASELINE, IDENTICAL, _import_alpaca_eval, _lc_winrate
 
     _import_alpaca_eval()
+    # alpaca_eval's rule: an output identical to the reference is a tie (1.5), never the judge's (or a record's) call
+    preferences = [IDENTICAL if r["output"] == r["reference_output"] else
+                   math.nan if r["preference"] is None else r["preference"] for r in records]
     frame = pd.DataFrame({"instruction": [r["instruction"] for r in records],
                           "output_1": [r["reference_output"] for r in records],
                           "output_2": [r["output"] for r in records], "generator_1": BASELINE,
-                          "generator_2": "model", "annotator": ANNOTATOR,
-                          "preference": [math.nan if r["preference"] is None else r["preference"] for r in records],
+                          "generator_2": "model", "annotator": ANNOTATOR, "preference": preferences,
                           "judge_reply": "", "preference_from": "", "is_switched_outputs": False})
     with tempfile.TemporaryDirectory(prefix="distill-kit-rescore-") as private:
         gamed = Path(private) / "df_gamed.csv"
         gamed.write_bytes(evidence.gamed_csv)
         metrics = _lc_winrate(frame, gamed)
-    disagreements = [sample_id(r, i) for i, (r, g) in enumerate(zip(records, frame["glm_preference"], strict=True))
-                     if abs(float(r["glm_preference"]) - float(g)) > 1e-6]
+    disagreements = [sample_id(r, i) for i, (r, g, p) in enumerate(zip(records, frame["glm_preference"], preferences,
+                                                                         strict=True))
+                     if abs(float(r["glm_preference"]) - float(g)) > 1e-6
+                     or (r["output"] == r["reference_output"] and r["preference"] != p)]
     return Rescored(metrics["length_controlled_winrate"], len(records),
                     "alpaca_eval's get_length_controlled_winrate re-fit on the judge's preferences", disagreements)
 

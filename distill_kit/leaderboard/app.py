@@ -69,14 +69,17 @@ def _filters(pipeline: str | None = None, task: str | None = None, team: str | N
              min_params_b: Annotated[float | None, Query(ge=0)] = None,
              max_params_b: Annotated[float | None, Query(ge=0)] = None,
              tier: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-             offset: Annotated[int, Query(ge=0)] = 0) -> EntryFilter:
+             offset: Annotated[int, Query(ge=0)] = 0,
+             partial: Annotated[bool, Query(description="with task: rank the subset and fixture scores (apart from "
+                                                        "the full-benchmark ones, which are the default)")] = False
+             ) -> EntryFilter:
     return EntryFilter(pipeline=pipeline or None, task=task or None, team=team or None,
                        student_params_b=student_params_b, min_params_b=min_params_b, max_params_b=max_params_b,
-                       tier=tier or None, limit=limit, offset=offset)
+                       tier=tier or None, limit=limit, offset=offset, partial=partial)
 
 
 def _page_filters(pipeline: str | None = None, task: str | None = None, min_params_b: str | None = None,
-                  max_params_b: str | None = None) -> EntryFilter:
+                  max_params_b: str | None = None, partial: str | None = None) -> EntryFilter:
     """The ranking page's form: empty fields mean 'any'; a number that does not parse is ignored."""
     def number(text: str | None) -> float | None:
         try:
@@ -85,7 +88,7 @@ def _page_filters(pipeline: str | None = None, task: str | None = None, min_para
             return None
 
     return EntryFilter(pipeline=pipeline or None, task=task or None, min_params_b=number(min_params_b),
-                       max_params_b=number(max_params_b))
+                       max_params_b=number(max_params_b), partial=partial in ("1", "true", "on"))
 
 
 HEALTH_REFRESH_S = 1.0

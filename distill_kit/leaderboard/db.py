@@ -114,6 +114,9 @@ class Score(Base):
     model: Mapped[str] = mapped_column(String(100), primary_key=True)
     task: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
     score: Mapped[float] = mapped_column(Float)
+    # where the score comes from (the run's quality_provenance, which verify checks): full | subset | fixture;
+    # NULL for bundles made before provenance was recorded. Only full scores are ranked by default.
+    source: Mapped[str | None] = mapped_column(String(10), nullable=True)
 
     entry: Mapped[Entry] = relationship(back_populates="scores")
 

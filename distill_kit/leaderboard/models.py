@@ -87,6 +87,9 @@ class EntryOut(BaseModel):
     j_per_trained_token: float | None
     tier: Tier
     scores: dict[str, dict[str, float]] = Field(description="model -> task -> score")
+    sources: dict[str, dict[str, str | None]] = Field(
+        default_factory=dict, description="model -> task -> where the score comes from: full (the whole pinned "
+        "benchmark), subset, fixture (the kit's few-row fixtures), null (not recorded: an older bundle)")
     size_bytes: int
     url: str
     bundle_url: str

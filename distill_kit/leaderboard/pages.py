@@ -72,7 +72,20 @@ def _filter_form(f: EntryFilter, tasks: Sequence[str], pipelines: Sequence[str],
             f'pipeline <select name="pipeline">{_options(pipelines, f.pipeline, "any")}</select>'
             f"student params (B) from {number('min_params_b', f.min_params_b)} to "
             f"{number('max_params_b', f.max_params_b)}"
-            f'<button type="submit">filter</button>{more}</form>')
+            f'<label><input type="checkbox" name="partial" value="1"{" checked" if f.partial else ""}> subset and '
+            f'fixture scores (ranked apart)</label> <button type="submit">filter</button>{more}</form>')
+
+
+def _score(e: EntryOut | EntryDetail, model: str, task: str) -> str:
+    """A score, marked when it is not over the full benchmark (subset, fixture, or not recorded)."""
+    value = e.scores.get(model, {}).get(task)
+    if value is None:
+        return fmt(None)
+    source = e.sources.get(model, {}).get(task)
+    if source == "full":
+        return fmt(value, 3)
+    css = source if source in ("subset", "fixture") else "subset"
+    return f'{fmt(value, 3)} <span class="src {css}">{esc(source or "source not recorded")}</span>'
 
 
 @dataclass
@@ -95,20 +108,24 @@ def ranking_page(v: RankingView) -> str:
                                                  else [])
     rows, classes = [], []
     for rank, e in enumerate(v.entries, start=(v.page - 1) * PAGE_SIZE + 1):
-        quality = [fmt(e.scores.get(STUDENT, {}).get(t), 3) for t in shown_tasks]
+        quality = [_score(e, STUDENT, t) for t in shown_tasks]
         mark = "★" if e.bundle_sha256 in v.frontier else ""
         rows.append([str(rank), f'<a href="{esc(e.url)}">{name(e.name)}</a> {mark}', name(e.team), name(e.pipeline),
                      fmt(e.student_params_b, 2), tier_marks(e.tier.energy, e.tier.containerised),
                      fmt(e.total_energy_j), fmt(e.energy_above_idle_j), fmt(e.j_per_trained_token, 4), *quality,
                      esc(e.submitted_at.strftime("%Y-%m-%d %H:%M")), f"<code>{esc(e.bundle_sha256[:12])}</code>"])
         classes.append("frontier" if mark else "")
+    partial = (" Subset, fixture and unrecorded-source scores only: never ranked with full-benchmark ones"
+               if f.partial else " Full-benchmark scores only (<a href=\"" + href("/", task=f.task, partial=1)
+               + "\">the subset and fixture scores</a>, ranked apart)") if f.task else ""
     order = (f"ranked by the student's {name(f.task)} score, then by total energy; ★ = on the Pareto frontier"
-             if f.task else "ordered by total energy (choose a task to rank by quality)")
+             f".{partial}" if f.task else "ordered by total energy (choose a task to rank by quality)")
     hidden = "" if f.task or len(v.tasks) <= MAX_TASK_COLUMNS else \
         f" Scores shown for the {MAX_TASK_COLUMNS} tasks with the most entries."
     headers = ["#", "entry", "team", "pipeline", "student B", "tier", "total J", "above idle J", "J/trained token",
                *(f"student {name(t, 40)}" for t in shown_tasks), "submitted (UTC)", "bundle"]
-    params = {"task": f.task, "pipeline": f.pipeline, "min_params_b": f.min_params_b, "max_params_b": f.max_params_b}
+    params = {"task": f.task, "pipeline": f.pipeline, "min_params_b": f.min_params_b, "max_params_b": f.max_params_b,
+              "partial": 1 if f.partial else None}
     body = (_filter_form(f, options, v.pipelines, len(v.tasks)) +
             f'<p class="note">{len(v.entries)} entries on this page, {order}.{hidden} Every entry is a '
             "signed bundle that passed every verify check on arrival; tiers: <i>measured</i> = every energy figure "
@@ -178,7 +195,7 @@ def _quality(e: EntryDetail) -> str:
     tasks = sorted({t for m in models for t in e.scores[m]})
     if not tasks:
         return "<p>no scores</p>"
-    rows = [[name(t), *(fmt(e.scores[m].get(t), 3) for m in models)] for t in tasks[:MAX_ENTRY_ROWS]]
+    rows = [[name(t), *(_score(e, m, t) for m in models)] for t in tasks[:MAX_ENTRY_ROWS]]
     return (table(["task", *(name(m, 40) for m in models)], rows) + _more(len(rows), len(tasks), "tasks",
                                                                           e.bundle_sha256))
 

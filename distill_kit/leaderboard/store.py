@@ -10,12 +10,12 @@ hidden are listed, ranked, counted or shown.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -48,6 +48,7 @@ from distill_kit.leaderboard.models import (
 from distill_kit.report.analysis import Point, pareto_frontier, run_tier
 
 STUDENT = "student"
+FULL = "full"  # a score over the whole pinned benchmark (quality_provenance's source)
 
 
 class KeyConflict(InvalidInput):
@@ -84,6 +85,7 @@ class EntryFilter:
     min_params_b: float | None = None
     max_params_b: float | None = None
     tier: str | None = None
+    partial: bool = False  # ranking by a task: the subset and fixture scores (and unstated ones) instead of full
     limit: int = 500
     offset: int = 0
 
@@ -113,6 +115,7 @@ class NewEntry:
     verify_report: dict[str, Any]
     scores: dict[str, dict[str, float]]
     run_sha256: str | None = None
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> task -> full | subset | fixture
 
 
 def _utc(when: datetime | None) -> datetime | None:
@@ -132,8 +135,10 @@ def _tier(entry: Entry) -> Tier:
 
 def entry_out(entry: Entry) -> dict[str, Any]:
     scores: dict[str, dict[str, float]] = {}
+    sources: dict[str, dict[str, str | None]] = {}
     for score in entry.scores:
         scores.setdefault(score.model, {})[score.task] = score.score
+        sources.setdefault(score.model, {})[score.task] = score.source
     sha = entry.bundle_sha256
     return {"bundle_sha256": sha, "team": entry.team.name, "key_id": entry.key_id,
             "submitted_at": _utc(entry.submitted_at), "name": entry.name, "pipeline": entry.pipeline,
@@ -141,7 +146,8 @@ def entry_out(entry: Entry) -> dict[str, Any]:
             "total_energy_j": entry.total_energy_j, "energy_above_idle_j": entry.energy_above_idle_j,
             "teacher_energy_j": entry.teacher_energy_j, "wall_time_s": entry.wall_time_s,
             "j_per_trained_token": entry.j_per_trained_token, "tier": _tier(entry), "scores": scores,
-            "size_bytes": entry.size_bytes, "url": f"/entries/{sha}", "bundle_url": f"/api/entries/{sha}/bundle"}
+            "sources": sources, "size_bytes": entry.size_bytes, "url": f"/entries/{sha}",
+            "bundle_url": f"/api/entries/{sha}/bundle"}
 
 
 def _eval_tasks(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,15 +229,15 @@ class Store:
     def add_pending(self, new: NewEntry) -> tuple[EntryOut, bool]:
         """Insert the entry as ``pending`` (its team is its key's). Returns (entry, created): the same bundle
         already there returns it; another bundle of the same run raises ``DuplicateRun``."""
-        fields = {k: v for k, v in new.__dict__.items() if k != "scores"}
+        fields = {k: v for k, v in new.__dict__.items() if k not in ("scores", "sources")}
         try:
             with self.sessions.begin() as session:
                 key = session.get(SigningKey, new.key_id)
                 if key is None:
                     raise UnknownKey(f"no registered key {new.key_id}")
                 entry = Entry(team_id=key.team_id, state=PENDING, **fields)
-                entry.scores = [Score(model=m, task=t, score=float(s)) for m, tasks in new.scores.items()
-                                for t, s in tasks.items()]
+                entry.scores = [Score(model=m, task=t, score=float(s), source=new.sources.get(m, {}).get(t))
+                                for m, tasks in new.scores.items() for t, s in tasks.items()]
                 session.add(entry)
                 session.flush()
                 session.refresh(entry)
@@ -304,8 +310,10 @@ class Store:
         if f.tier:
             query = query.where(Entry.energy_tier == f.tier)
         if f.task:
-            score = select(Score.score).where(Score.entry_id == Entry.id, Score.model == STUDENT,
-                                              Score.task == f.task).scalar_subquery()
+            full = Score.source == FULL
+            score = select(Score.score).where(Score.entry_id == Entry.id, Score.model == STUDENT, Score.task == f.task,
+                                              or_(~full, Score.source.is_(None)) if f.partial else full
+                                              ).scalar_subquery()
             query = query.where(score.is_not(None)).order_by(score.desc(), Entry.total_energy_j.asc(), Entry.id)
         else:
             query = query.order_by(Entry.total_energy_j.asc(), Entry.id)
@@ -313,7 +321,8 @@ class Store:
 
     def entries(self, f: EntryFilter | None = None) -> list[EntryOut]:
         """Entries matching ``f``: ranked by the student's quality on ``f.task`` (then by energy) when a task is
-        given, otherwise by total energy."""
+        given, otherwise by total energy. A ranking by a task holds only full-benchmark scores, or (``f.partial``)
+        only the others: subset and fixture scores are never ranked with full ones."""
         with self.sessions() as session:
             return [EntryOut(**entry_out(e)) for e in session.scalars(self._query(f or EntryFilter()))]
 
@@ -324,7 +333,8 @@ class Store:
             return [(task, count) for task, count in rows]
 
     def pareto(self, task: str) -> ParetoOut:
-        """Student quality on ``task`` vs total energy for every entry that has both; the frontier marked."""
+        """Student quality on ``task`` vs total energy for every entry that has both, on the full benchmark (a
+        subset or fixture score is never on a frontier with full ones); the frontier marked."""
         entries = [e for e in self.entries(EntryFilter(task=task, limit=100_000)) if e.total_energy_j is not None]
         points = [Point(e.bundle_sha256, float(e.total_energy_j), e.scores[STUDENT][task])  # type: ignore[arg-type]
                   for e in entries]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_kit.bundle.archive import Limits
+from distill_kit.evaluation.provenance import SOURCES
 from distill_kit.leaderboard.child import ChildProcess
 from distill_kit.report.analysis import run_tier, teacher_energy_j
 
@@ -76,6 +77,8 @@ def extract(path: Path, report: dict[str, Any]) -> dict[str, Any]:
     tier = run_tier(summary, run.fingerprint)
     scores = {m: {t: float(s) for t, s in tasks.items() if isinstance(s, int | float)}
               for m, tasks in run.quality.items() if isinstance(tasks, dict)}
+    sources = {m: {t: str(p["source"]) for t in tasks if isinstance(p := run.provenance(m, t), dict)
+                   and p.get("source") in SOURCES} for m, tasks in scores.items()}
     return {
         "bundle_sha256": report["bundle"]["sha256"], "size_bytes": report["bundle"]["size_bytes"],
         "name": run.name, "pipeline": run.pipeline, "manifest_sha256": summary.get("manifest_sha256"),
@@ -85,6 +88,7 @@ def extract(path: Path, report: dict[str, Any]) -> dict[str, Any]:
         "j_per_trained_token": summary.get("j_per_trained_token"), "energy_tier": tier.energy,
         "containerised": tier.containerised, "methods": list(tier.methods), "summary": summary,
         "stages": [_stage_breakdown(s) for s in run.stages], "verify_report": report, "scores": scores,
+        "sources": sources,
     }
 
 

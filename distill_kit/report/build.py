@@ -27,10 +27,14 @@ from distill_kit.report.analysis import (
     run_tier,
     teacher_energy_j,
 )
-from distill_kit.report.html import energy_cell, esc, fmt, page, slug, table, tier_marks, verify_table
+from distill_kit.report.html import energy_cell, esc, fmt, page, score_cell, slug, table, tier_marks, verify_table
 from distill_kit.report.source import RunData, label_runs, load_run
 
 DOMAINS = ("gpu", "cpu", "ram")
+SOURCE_NOTE = ('<p class="note">± is the standard error (hover for how it was obtained). '
+               '<span class="src fixture">fixture</span> marks a score from the kit\'s few-row fixture data and '
+               '<span class="src subset">subset</span> one from part of the benchmark: neither is comparable with '
+               'published full-benchmark numbers.</p>')
 BREAK_EVEN_DEFINITION = (
     "<p class=\"note\">Teacher-reuse break-even: a distillation run spends <i>T</i> joules in its teacher "
     "stages (logit caching, or synthetic-data generation and its filtering), which any number of students can "
@@ -93,8 +97,9 @@ def _quality_table(run: RunData) -> str:
     tasks = sorted({t for scores in run.quality.values() for t in scores})
     if not tasks:
         return '<p class="note">no quality scores in this run</p>'
-    rows = [[esc(model), *(fmt(scores.get(t), 3) for t in tasks)] for model, scores in run.quality.items()]
-    return table(["model", *map(esc, tasks)], rows)
+    rows = [[esc(model), *(score_cell(scores.get(t), run.provenance(model, t)) if t in scores else fmt(None)
+                           for t in tasks)] for model, scores in run.quality.items()]
+    return table(["model", *map(esc, tasks)], rows) + SOURCE_NOTE
 
 
 def _traces(run: RunData, prefix: str, writer: _Writer) -> str:
@@ -175,7 +180,7 @@ def _comparison(runs: list[RunData]) -> str:
                      tier_marks(tier.energy, tier.containerised), fmt(totals.get("energy_j")),
                      fmt(totals.get("energy_above_idle_j")), fmt(teacher_energy_j(run.stages)),
                      fmt(totals.get("wall_time_s")), fmt(run.summary.get("j_per_trained_token"), 4),
-                     *(fmt(run.student_quality(t), 3) for t in tasks)])
+                     *(score_cell(run.student_quality(t), run.provenance("student", t)) for t in tasks)])
     headers = ["run", "pipeline", "student B", "tier", "total J", "above idle J", "teacher J", "time s",
                "J/trained token", *(f"student {esc(t)}" for t in tasks)]
     return "<h2>Comparison</h2>" + table(headers, rows, left=2)
@@ -196,7 +201,9 @@ def _pareto(runs: list[RunData], writer: _Writer) -> str:
         keys = {p.key for p in frontier}
         png = plots.pareto_png(points, frontier, {p.key: p.key for p in points}, task)
         ordered = sorted(points, key=lambda p: p.energy_j)
-        rows = [[esc(p.key), fmt(p.energy_j), fmt(p.quality, 3), "yes" if p.key in keys else ""] for p in ordered]
+        sources = {r.label: r.provenance("student", task) for r in runs}
+        rows = [[esc(p.key), fmt(p.energy_j), score_cell(p.quality, sources.get(p.key)), "yes" if p.key in keys else ""]
+                for p in ordered]
         parts += [f"<h3>{esc(task)}</h3>", writer.image(f"pareto-{slug(task)}.png", png, f"Pareto plot {task}"),
                   table(["run", "total J", "quality", "frontier"], rows,
                         row_classes=["frontier" if p.key in keys else "" for p in ordered])]

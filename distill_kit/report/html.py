@@ -29,6 +29,9 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.4rem 0; }
 .PASS { color: #1a7f37; } .WARN { color: #9a6700; } .FAIL { color: #cf222e; font-weight: bold; }
 code { font-size: 0.85rem; } form { margin: 0.6rem 0; } input, select { margin-right: 0.6rem; }
 nav a { margin-right: 1rem; }
+.src { display: inline-block; padding: 0 0.35rem; border-radius: 0.5rem; font-size: 0.75rem; margin-left: 0.3rem; }
+.src.fixture { background: #ffd8d3; color: #8a1c12; } .src.subset { background: #fff0c2; color: #6b4d00; }
+.pm { color: #666; font-size: 0.8rem; }
 """
 
 SHORT_METHOD = {"counter": "ctr", "integrated": "int", "estimate": "est", "unmeasured": "n/a"}
@@ -60,6 +63,23 @@ def energy_cell(figure: dict[str, Any] | None) -> str:
     partial = ", partial" if figure.get("partial") else ""
     method = SHORT_METHOD.get(figure.get("method", ""), esc(figure.get("method")))
     return f"{fmt(figure['energy_j'])} ± {fmt(figure.get('uncertainty_j'))} {method}{partial}"
+
+
+def score_cell(score: Any, provenance: dict[str, Any] | None, digits: int = 3) -> str:
+    """A quality score with ± its standard error, marked when it does not come from the full benchmark
+    (``fixture``: the kit's few-row fixtures; ``subset``: part of it), with n; a score without provenance (an older
+    run) is shown as it is."""
+    text = fmt(score, digits)
+    if not isinstance(provenance, dict):
+        return text
+    error = provenance.get("stderr")
+    if isinstance(error, int | float) and not isinstance(error, bool):
+        text += f' <span class="pm" title="{esc(provenance.get("stderr_method"))}">± {fmt(error, digits)}</span>'
+    source = provenance.get("source")
+    if source in ("fixture", "subset"):
+        text += (f' <span class="src {source}" title="{esc(provenance.get("source_reason"))}">{source} '
+                 f'n={fmt(provenance.get("n"), 0)}</span>')
+    return text
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1,

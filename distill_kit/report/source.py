@@ -58,6 +58,16 @@ class RunData:
     def quality(self) -> dict[str, dict[str, float]]:
         return self.summary.get("quality") or {}
 
+    @property
+    def quality_provenance(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """model -> task -> provenance (source, n, stderr, ...); empty for runs made before it was recorded."""
+        value = self.summary.get("quality_provenance")
+        return value if isinstance(value, dict) else {}
+
+    def provenance(self, model: str, task: str) -> dict[str, Any] | None:
+        value = (self.quality_provenance.get(model) or {}).get(task)
+        return value if isinstance(value, dict) else None
+
     def student_quality(self, task: str) -> float | None:
         value = self.quality.get("student", {}).get(task)
         return float(value) if isinstance(value, int | float) else None

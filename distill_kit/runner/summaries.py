@@ -105,9 +105,12 @@ def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dic
     """The run's summary; ``run_window`` (the meter's record of the whole run: edges and CodeCarbon window) adds
     the energy between stages to the totals and is kept in the summary, so ``verify`` recomputes it."""
     quality: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
     for stage in stages:
         for model, tasks in (stage.get("outputs", {}).get("scores") or {}).items():
             quality.setdefault(model, {}).update(tasks)
+        for model, tasks in (stage.get("outputs", {}).get("provenance") or {}).items():
+            provenance.setdefault(model, {}).update(tasks)
     totals = run_totals(stages, run_window)
     trained = sum(s["tokens"] for s in stages if s["token_kind"] == "trained_tokens")
     summary = {
@@ -128,6 +131,7 @@ def run_summary(manifest: dict[str, Any], manifest_sha256: str, stages: list[dic
         "totals": totals,
         "j_per_trained_token": _ratio(totals["energy_j"], trained) if trained else None,
         "quality": quality,
+        "quality_provenance": provenance,
     }
     if run_window is not None:
         summary["run_window"] = run_window

@@ -5,7 +5,9 @@ Models: ``teacher`` and ``student_initial`` (the manifest's assets) and ``studen
 Outputs: ``samples/<model>.<task>.jsonl`` (per-sample records a verifier recomputes the score from);
 ``lm_eval/<model>/<task>/`` (lm-eval's own results JSON and samples); ``lm_eval_tasks/`` (the task folder the run
 used, with the hashes of its sources); and in the summary ``outputs.tasks[*]``: model, task, metric, score, n,
-tokens, full, samples, energy_j, j_per_sample, judge.
+tokens, full, samples, energy_j, j_per_sample, judge, provenance; ``outputs.provenance``: model -> task -> where
+the score comes from (full / subset / fixture), n, standard error, few-shot count, judge
+(:mod:`distill_kit.evaluation.provenance`).
 
 Setup fails fast, before any model runs: a missing dataset or nltk resource names ``assets fetch``; a judged task
 without a judge, or a judge endpoint that does not answer, says so.
@@ -20,7 +22,15 @@ from typing import Any
 
 from distill_kit._io import atomic_write_text
 from distill_kit.assets.resolve import asset_path, tokenizer_path
-from distill_kit.evaluation.registry import JUDGED_TASKS, LM_EVAL_TASKS, EvalError, EvalSettings, run_task
+from distill_kit.evaluation.provenance import provenance
+from distill_kit.evaluation.registry import (
+    JUDGED_TASKS,
+    LM_EVAL_TASKS,
+    EvalError,
+    EvalSettings,
+    eval_setting,
+    run_task,
+)
 from distill_kit.stages.base import StageContext, StageResult
 
 DEFAULT_TASKS = ["tiny_task"]
@@ -47,7 +57,9 @@ class EvalStage:
         self.tasks = settings.get("tasks", DEFAULT_TASKS)
         eval_ref = doc["data"].get("eval")
         self.settings = EvalSettings(
-            device=ctx.device, limit=settings.get("limit"), batch_size=settings.get("batch_size", 32),
+            device=ctx.device, limit=settings.get("limit"), batch_size=eval_setting(settings, "batch_size"),
+            num_fewshot=eval_setting(settings, "num_fewshot"),
+            apply_chat_template=eval_setting(settings, "apply_chat_template"),
             max_new_tokens=settings.get("max_new_tokens"),
             data_dir=asset_path(eval_ref, doc["name"]) if eval_ref else None,
             data_mode=settings.get("data", "hub"), dataset_overrides=settings.get("datasets", {}),
@@ -116,25 +128,30 @@ class EvalStage:
                   else "benchmark", "samples": samples_file, "energy_j": energy_j,
                   "j_per_sample": energy_j / score.n if energy_j is not None and score.n else None,
                   "window": window.get("label"), "judge": score.judge, "details": score.details}
+        detail["provenance"] = provenance(detail, score.samples, on_fixtures)
         return detail, [window, *settings.windows]
 
     def run(self) -> StageResult:
         scores: dict[str, dict[str, float]] = {}
+        provenances: dict[str, dict[str, dict[str, Any]]] = {}
         details: list[dict[str, Any]] = []
         windows: list[dict[str, Any]] = []
         pairs = [(m, t) for m in self.models for t in self.tasks]
         for model, task in self.ctx.progress.track(pairs, len(pairs), "eval"):
             detail, opened = self._one(model, task)
             scores.setdefault(model, {})[task] = detail["score"]
+            provenances.setdefault(model, {})[task] = detail["provenance"]
             details.append(detail)
             windows += opened
             self.ctx.progress.log(f"eval: {model} {task} {detail['metric']}={detail['score']:.3f} "
                                   f"(n={detail['n']}{'' if detail['full'] else ', subset'})")
         return StageResult(tokens=sum(d["tokens"] for d in details), token_kind="eval_tokens", outputs={
-            "scores": scores, "tasks": details, "windows": windows,
+            "scores": scores, "provenance": provenances, "tasks": details, "windows": windows,
             "full_evaluation": all(d["full"] for d in details),
             "settings": {"models": self.models, "tasks": self.tasks, "limit": self.settings.limit,
-                         "data": self.settings.data_mode, "batch_size": self.settings.batch_size},
+                         "data": self.settings.data_mode, "batch_size": self.settings.batch_size,
+                         "num_fewshot": self.settings.num_fewshot,
+                         "apply_chat_template": self.settings.apply_chat_template},
             "lm_eval_tasks": self.task_folder,
         })
 

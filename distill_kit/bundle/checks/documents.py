@@ -98,6 +98,8 @@ class Identity:
         problems += [f"predicate {key} differs from summary.json's" for key in ("totals", "quality",
                                                                                  "j_per_trained_token")
                      if predicate[key] != summary[key]]
+        if predicate.get("quality_provenance") != summary.get("quality_provenance"):  # absent in older bundles
+            problems.append("predicate quality_provenance differs from summary.json's")
         return problems
 
     def _stages(self, ctx: VerifyContext) -> list[str]:

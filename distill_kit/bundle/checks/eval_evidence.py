@@ -90,40 +90,15 @@ def _data_digests(ctx: VerifyContext, stage: str, task: str) -> set[str]:
     return {d for path, d in (files or {}).items() if task in str(path).lower().replace("-", "_")}
 
 
-def covered(task: str, records: list[dict[str, Any]]) -> int:
-    """What a full evaluation counts, each distinct item once (a repeated record does not pad the count):
-    dialogues for MT-Bench-101, (subject, question) for MMLU, documents or rows for every other task."""
-    if task == "mt_bench_101":
-        return len({(r.get("task"), r.get("dialogue_id")) for r in records})
-    if task == "tiny_task":
-        return len({(r.get("prompt"), r.get("target")) for r in records})
-    return len({json.dumps([r.get("subtask"), r.get("doc_id", r.get("index"))]) for r in records})
-
-
-def derive_full(ctx: VerifyContext, item: TaskEvidence) -> tuple[bool, str]:
-    """Whether (model, task) evaluated the whole pinned benchmark, from its records and its data's digests (never
-    from the run's own ``full`` flag), with the reason when it did not."""
-    from distill_kit.evaluation.benchmarks import fixture_digests, full_size, tiny_task_rows
+def derive_source(ctx: VerifyContext, item: TaskEvidence) -> tuple[str, str]:
+    """Where (model, task)'s score comes from (full / subset / fixture), from its records and its data's digests
+    (never from the run's own ``full`` flag or provenance), with the reason."""
+    from distill_kit.evaluation.benchmarks import data_source, fixture_digests
 
     task = item.detail["task"]
-    size = full_size(task)
-    if size is None:
-        return False, "no known full size for this task"
-    if item.records is None:
-        return False, "no per-sample records"
-    count = covered(task, item.records)
-    if count != size.n:
-        return False, f"{count:,} of {size.n:,} {size.unit}"
-    if task == "tiny_task":
-        rows = {(r.get("prompt"), r.get("target")) for r in item.records}
-        if rows != tiny_task_rows():
-            return False, "the records are not the rows of the kit's tiny-task eval split"
-        return True, f"{count:,} {size.unit}, the kit's whole tiny-task eval split"
-    if task == "mmlu" and len({r.get("subtask") for r in item.records}) != 57:
-        return False, f"{len({r.get('subtask') for r in item.records})} of 57 subjects"
-    if item.detail.get("data") == "fixtures" or _data_digests(ctx, item.stage, task) & fixture_digests():
-        return False, "run on the kit's fixture data"
-    return True, f"{count:,} {size.unit} ({size.source})"
+    fixture_data = item.detail.get("data") == "fixtures" or bool(_data_digests(ctx, item.stage, task)
+                                                                  & fixture_digests())
+    return data_source(task, item.records, fixture_data)
 
 
 _TIMESTAMPED = re.compile(r"^samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T[0-9.\-]+\.jsonl$")

@@ -255,15 +255,30 @@ class Measurement:
         return f"every domain measured ({described})"
 
 
+def provenance_claims(ctx: VerifyContext, item: Any, source: str, why: str) -> list[str]:
+    """What the provenance beside a score (the stage's ``tasks[*].provenance`` and summary.json's
+    ``quality_provenance``) claims against what the records show: its data source and n."""
+    model, task = item.detail["model"], item.detail["task"]
+    summary = ((ctx.summary().get("quality_provenance") or {}).get(model) or {}).get(task)
+    claims = [c for c in (item.detail.get("provenance"), summary) if isinstance(c, dict)]
+    n = len(item.records) if item.records is not None else None
+    problems = {f"{item.label}: provenance source (got {c.get('source')!r}, expected {source!r}: {why})"
+                for c in claims if c.get("source") != source}
+    problems |= {f"{item.label}: provenance n (got {c.get('n')}, expected {n}, the number of records)"
+                 for c in claims if n is not None and c.get("n") != n}
+    return sorted(problems)
+
+
 class Evaluation:
     """Quality figures come from full evaluations, derived (never read from the run's ``full`` flag): the
     per-sample records must cover the pinned benchmark's known size, on data that is not the kit's fixtures; a task
-    claiming ``full: true`` that is not is a FAIL, a subset or fixture evaluation a WARN."""
+    claiming ``full: true`` that is not is a FAIL, a subset or fixture evaluation a WARN. The provenance beside each
+    score must say the same source (full / subset / fixture) and n as the records show."""
 
     name = "evaluation"
 
     def check(self, ctx: VerifyContext) -> str | Warn:
-        from distill_kit.bundle.checks.eval_evidence import derive_full, eval_stages, task_evidence
+        from distill_kit.bundle.checks.eval_evidence import derive_source, eval_stages, task_evidence
 
         items = task_evidence(ctx)
         if not items:
@@ -271,9 +286,11 @@ class Evaluation:
         fail: list[str] = []
         subsets: dict[str, list[str]] = {}  # "task (why)" -> models
         for item in items:
-            full, why = derive_full(ctx, item)
+            source, why = derive_source(ctx, item)
+            full = source == "full"
             if item.detail.get("full") is True and not full:
                 fail.append(f"{item.label}: full (got true, expected false: {why})")
+            fail += provenance_claims(ctx, item, source, why)
             if not full:
                 subsets.setdefault(f"{item.detail['task']} ({why})", []).append(item.detail["model"])
         for stage in eval_stages(ctx):
