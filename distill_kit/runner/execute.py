@@ -9,7 +9,11 @@ before (1)) and write the run summary, whose totals include the energy between s
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,22 +143,28 @@ class Runner:
         attempts += self._recover_interrupted(name, attempts)
         attempt = len(attempts) + 1
         stage = planned.load()
-        self.run.journal("stage_started", name, attempt=attempt, kind=planned.kind)
-        window = self.meter.begin(self.run.stage_dir(name), attempt)
-        ctx = StageContext(self.run, name, self.manifest, attempt, device, self.progress,
-                           measure=lambda label: self.meter.nested(window, label))
+        window = None
         error: BaseException | None = None
         result = None
         try:
+            with _interrupts_deferred():  # a journaled start always has its open window: Ctrl-C waits for both
+                self.run.journal("stage_started", name, attempt=attempt, kind=planned.kind)
+                window = self.meter.begin(self.run.stage_dir(name), attempt)
+            ctx = StageContext(self.run, name, self.manifest, attempt, device, self.progress,
+                               measure=lambda label: self.meter.nested(window, label))
             stage.setup(ctx)
             result = stage.run()
         except BaseException as err:  # KeyboardInterrupt too: the window is closed and accounted before leaving
             error = err
         finally:
             try:
-                stage.cleanup()
+                if window is not None:
+                    stage.cleanup()
             except Exception as err:  # noqa: BLE001 - a cleanup failure must not hide the stage's own error
                 error = error or err
+        if window is None:  # the sensors could not open (never an interrupt: deferred above)
+            assert error is not None
+            raise error
         record: AttemptRecord = self.meter.end(window, "finished" if error is None else "failed")
         trace = fold_trace(self.run.stage_dir(name), attempt)
         attempts.append(record.to_dict())
@@ -174,3 +184,25 @@ class Runner:
             raise StageFailed(name, error) from error
         self.run.journal("stage_finished", name, attempt=attempt)
         return summary
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT, also the Docker runtime's forwarded interrupt) for the block; act on it when it ends.
+
+    Opening a stage is two steps, the journal's ``stage_started`` and the measurement window; an interrupt between
+    them would leave a started stage with no window to close and no ``stage_failed``. Python runs signal handlers
+    in the main thread whichever thread the signal reaches, so the handler is swapped (a signal mask would not do:
+    the other threads would still take the signal). Off the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt here
