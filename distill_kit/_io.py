@@ -35,6 +35,15 @@ def atomic_writer(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or unlink in ``folder`` durable (the folder's entry table reaches the disk)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_writer(path, "wb") as handle:
         handle.write(data)

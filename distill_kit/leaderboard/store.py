@@ -9,7 +9,6 @@ hidden are listed, ranked, counted or shown.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from distill_kit._io import fsync_folder
 from distill_kit.bundle.keys import key_id, keyring_entry, public_key_from_pem, public_key_pem
 from distill_kit.errors import InvalidInput
 from distill_kit.leaderboard import replication
@@ -462,7 +462,7 @@ class Store:
         for partial in bundles_dir.glob("*.tar.tmp*"):
             partial.unlink(missing_ok=True)
         if done["orphans"]:
-            _sync(bundles_dir)
+            fsync_folder(bundles_dir)
         if any(done.values()):
             with self.sessions.begin() as session:
                 self._moderate(session, "reconcile", "start-up repair: " + ", ".join(
@@ -496,11 +496,3 @@ class Store:
         return ParetoOut(task=task, frontier=frontier, points=[
             ParetoPoint(bundle_sha256=sha, name=name, team=team, total_energy_j=p.energy_j, quality=p.quality,
                         on_frontier=sha in on) for (sha, name, team, _, _), p in zip(rows, points, strict=True)])
-
-
-def _sync(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

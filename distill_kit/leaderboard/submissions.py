@@ -37,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
+from distill_kit._io import fsync_folder
 from distill_kit.bundle.archive import Limits
 from distill_kit.leaderboard.config import Settings
 from distill_kit.leaderboard.ingest import Peek, Unfit, check_entry, peek
@@ -165,11 +166,7 @@ def _durable_move(source: Path, target: Path) -> None:
         os.fsync(handle.fileno())
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    fsync_folder(target.parent)
 
 
 def _failed_checks(report: dict[str, Any]) -> list[CheckOut]:
