@@ -3,14 +3,18 @@ calibration length, from which the teacher and student stages are predicted at 5
 the tokens, measured. Figures: ``max_rel_error_time`` and ``max_rel_error_energy`` over the two stages (<= 0.10),
 and each stage's errors.
 
-Calibration length on one H200 (the whole benchmark must fit ~9 minutes): teacher 150k real tokens (batches of 4
-are padded to their longest sequence, about 60% real tokens under tulu-3's assumed lengths, so about 30 s of 32B
-forward at the 8,206 padded tokens/s anchor; the 5x run then takes about 150 s), student 300k trained tokens (about
-14 optimizer steps of 4 x 16 sequences, 3 of them warm-up; 5x: about 70 steps, ~2 min). Two runs of set-up,
-compile and saving add about 2 minutes. These are ``distill-kit estimate``'s default calibration
-lengths (``runner.estimate.DEFAULT_CALIBRATION``), used here as they are.
+Calibration length on one H200: ``distill-kit estimate``'s defaults (``runner.estimate.DEFAULT_CALIBRATION``), used
+as they are: 400k real teacher tokens (about 55 s of 32B forward in length-grouped batches) and 400k trained student
+tokens (about 24 optimizer steps of 4 x 16 sequences, 5 of them warm-up). The 5x run is then the 2M / 2M rehearsal
+of benchmarks/rehearsal.py.
+
+With ``--measured RUN_DIR`` the longer rehearsal is not run again: an earlier, finished ``benchmarks/rehearsal.py``
+run (2M teacher and 2M student tokens: exactly 5x the default calibration) is the measurement, and only the
+calibration runs here. Its teacher stage ran in the process that had just timed the bare forward (imports and the
+GPU warm), so its fixed cost is, if anything, a little lower than a cold run's.
 
     python -m benchmarks.estimate_accuracy [--tiny] [--teacher-tokens 300k] [--student-tokens 600k] [--factor 5]
+                                           [--measured runs/bench-rehearsal/run]
 """
 
 from __future__ import annotations
@@ -39,20 +43,50 @@ def measure_fresh(manifest: str, run_dir: Path, caps: dict[str, int], overrides:
     in this process would find imports, kernels and compiled graphs warm, which a real run never does)."""
     import subprocess
 
-    from distill_kit._io import read_json
-    from distill_kit.runner.estimate import StageCalibration, stage_energy_j
-
     sets = [f"rehearsal.{key}={value}" for key, value in caps.items()] + overrides
     command = [sys.executable, "-m", "distill_kit", "run", manifest, "--run-dir", str(run_dir), "--runtime", "local",
                "--rehearse", *[arg for item in sets for arg in ("--set", item)]]
     say("measuring: " + " ".join(command[1:]))
     subprocess.run(command, check=True)
+    return stage_measurements(run_dir)
+
+
+def stage_measurements(run_dir: Path) -> dict[str, Any]:
+    from distill_kit._io import read_json
+    from distill_kit.runner.estimate import StageCalibration, stage_energy_j
+
     out = {}
     for stage in STAGES:
         summary = read_json(run_dir / "stages" / stage / "summary.json")
         out[stage] = StageCalibration(stage, summary["kind"], summary["token_kind"], summary["tokens"],
                                       summary["wall_time_s"], stage_energy_j(summary))
     return out
+
+
+def measured_run(run_dir: Path, caps: dict[str, int]) -> dict[str, Any]:
+    """The teacher and student stages of a finished rehearsal whose token caps are ``caps`` (refused otherwise)."""
+    from distill_kit._io import read_json
+
+    rehearsal = read_json(run_dir / "manifest.resolved.json").get("rehearsal") or {}
+    for key in ("teacher_tokens", "student_tokens"):
+        if int(rehearsal.get(key) or 0) != caps[key]:
+            raise SystemExit(f"{run_dir}: rehearsal.{key} is {rehearsal.get(key)}, the comparison needs {caps[key]}")
+    return stage_measurements(run_dir)
+
+
+def full_run_estimate(manifest: str, calibration: Any) -> None:
+    """``estimate_<manifest>.json`` beside the results, as ``distill-kit estimate MANIFEST --json`` writes it from
+    the same calibration (default caps and prerun)."""
+    from benchmarks._common import results_dir
+    from distill_kit._io import atomic_write_json
+    from distill_kit.manifest import load_manifest
+    from distill_kit.manifest.settings import Settings
+    from distill_kit.runner.estimate import calibrations, full_tokens, predict
+
+    document = load_manifest(manifest, []).document
+    estimate = predict(document, calibrations(calibration.run_dir, calibration.timing), 1,
+                       Settings.of(document).country_iso_code, full_tokens(document))
+    atomic_write_json(results_dir() / f"estimate_{manifest}.json", estimate.to_dict())
 
 
 def main(argv: list[str]) -> int:
@@ -62,6 +96,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--student-tokens", type=parse_token_count, default=None)
     parser.add_argument("--factor", type=int, default=5)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--measured", type=Path, default=None,
+                        help="a finished rehearsal of factor x the calibration's tokens, taken as the measurement")
     args = parser.parse_args(argv)
     from distill_kit.cli.progress import RichProgress
     from distill_kit.runner.estimate import calibrations, predict_stage
@@ -78,6 +114,9 @@ def main(argv: list[str]) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="estimate-accuracy-"))
     details: dict[str, Any] = {"manifest": manifest, "factor": args.factor, "overrides": overrides}
     figures: dict[str, float | None] = {}
+    caps = {"teacher_tokens": teacher * args.factor, "student_tokens": student * args.factor,
+            "eval_tokens": eval_tokens}
+    measured = measured_run(args.measured, caps) if args.measured is not None else None  # checked before calibrating
     say(f"calibration: {manifest}, teacher {teacher:,} tokens, student {student:,} tokens")
     calibration = rehearse(manifest, work / "calibration", {"teacher_tokens": teacher, "student_tokens": student,
                                                              "eval_tokens": eval_tokens}, overrides, RichProgress())
@@ -85,13 +124,18 @@ def main(argv: list[str]) -> int:
     predicted = {name: predict_stage(stages[name], (teacher if name == "teacher" else student) * args.factor)
                  for name in STAGES}
     details["calibration"] = {name: stages[name].to_dict() for name in STAGES}
+    details["calibration_loops"] = calibration.timing.to_list()  # every item's (time, tokens)
     details["predicted"] = {name: p.to_dict() for name, p in predicted.items()}
     write_result(NAME, figures, TARGETS, {**details, "phase": "calibrated"})
+    if not args.tiny:  # this calibration is `distill-kit estimate kd_32b_1b`'s own: its full-run estimate too
+        full_run_estimate(manifest, calibration)
     say("predicted: " + "; ".join(f"{n} {p.seconds.mid:.1f} s, {p.energy_j.mid if p.energy_j else float('nan'):.0f} J"
                                   for n, p in predicted.items()))
-    caps = {"teacher_tokens": teacher * args.factor, "student_tokens": student * args.factor,
-            "eval_tokens": eval_tokens}
-    actual = measure_fresh(manifest, work / "measured", caps, overrides)
+    if measured is not None:
+        actual = measured
+        details["measured_run"] = str(args.measured)
+    else:
+        actual = measure_fresh(manifest, work / "measured", caps, overrides)
     errors: dict[str, dict[str, float | None]] = {}
     for name in STAGES:
         p, m = predicted[name], actual[name]

@@ -5,6 +5,10 @@
 # over 10 min on one H200, see benchmarks/rehearsal.py), or the same split over two calls on the same warm machine:
 # rehearsal-teacher then rehearsal-rest (the run waits in runs/bench-rehearsal, git-ignored, between them);
 # rehearsal-estimate (estimate vs a 5x longer rehearsal, ~8 min), rehearsal-13b (the 13B student's fit, ~3 min).
+# Issues 17 + 19 in two back-to-back calls on one warm machine: session-a (energy_coverage, then the 2M teacher)
+# and session-b (the rest of the 2M rehearsal, then the default calibration against it: estimate_accuracy
+# --measured; torch's recompile log of both goes to OUTDIR). estimates: `distill-kit estimate` of the manifests
+# named in $ESTIMATES (default: all real ones), each as OUTDIR/estimate_<manifest>.json.
 set -uo pipefail
 out=${1:-benchmarks/results}
 part=${2:-all}
@@ -25,3 +29,21 @@ if [[ $part == rehearsal-teacher ]]; then rm -rf runs/bench-rehearsal; long "reh
 if [[ $part == rehearsal-rest ]]; then long "rehearsal --phase rest" 590; fi
 if [[ $part == rehearsal-estimate ]]; then long estimate_accuracy 570; fi
 if [[ $part == rehearsal-13b ]]; then long student_13b 570; fi
+if [[ $part == session-a ]]; then
+  long energy_coverage 170
+  rm -rf runs/bench-rehearsal; long "rehearsal --phase teacher" 410
+fi
+if [[ $part == session-b ]]; then
+  export TORCH_LOGS=recompiles TORCH_LOGS_OUT="$out/recompiles_rehearsal_rest.log"
+  long "rehearsal --phase rest" 330
+  cp runs/bench-rehearsal/loops.json "$out/rehearsal_loops.json"
+  export TORCH_LOGS_OUT="$out/recompiles_calibration.log"
+  long "estimate_accuracy --measured runs/bench-rehearsal/run" 250
+  unset TORCH_LOGS TORCH_LOGS_OUT
+fi
+if [[ $part == estimates ]]; then
+  for m in ${ESTIMATES:-kd_32b_1b kd_32b_7b kd_32b_13b sft_32b_1b sft_32b_7b sft_32b_13b baseline_sft_1b baseline_sft_7b baseline_sft_13b eval_olmo2_1b}; do
+    echo "[$(date +%T)] estimate $m"
+    timeout "${ESTIMATE_TIMEOUT:-300}" python -m distill_kit estimate "$m" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+  done
+fi

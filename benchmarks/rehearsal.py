@@ -49,7 +49,8 @@ def settings(args: argparse.Namespace) -> tuple[str, dict[str, int], list[str]]:
     if args.tiny:
         caps = {"teacher_tokens": args.teacher_tokens or 20_000, "student_tokens": args.student_tokens or 20_000,
                 "eval_tokens": 2048}
-        return "smoke-kd", caps, ["energy.idle_seconds=1", "energy.burn_in_seconds=0"]
+        # batches of 8 (the smoke manifest has 64): enough teacher batches at 20k tokens for a steady range
+        return "smoke-kd", caps, ["energy.idle_seconds=1", "energy.burn_in_seconds=0", "teacher.batch_size=8"]
     caps = {"teacher_tokens": args.teacher_tokens or 2_000_000, "student_tokens": args.student_tokens or 2_000_000,
             "eval_tokens": 8192}
     return "kd_32b_1b", caps, ["energy.idle_seconds=5", "energy.burn_in_seconds=2"]
@@ -70,17 +71,21 @@ def bare_forward(document: dict[str, Any], device: str, share: float) -> dict[st
     stage will cache (the streams are a function of the manifest's seed): seconds, tokens, range."""
     import torch
 
+    from distill_kit.distributed.sharding import length_grouped_batches
     from distill_kit.logits.teacher import pad_batch
+    from distill_kit.manifest.settings import Settings
     from distill_kit.rehearsal import RehearsalSettings
     from distill_kit.rehearsal.substitute import random_model, synthetic_tokenizer, train_streams
 
     rehearsal = RehearsalSettings.from_document(document)
     tokenizer, _ = synthetic_tokenizer(document, Path(tempfile.mkdtemp()))
-    teacher = document.get("teacher", {})
-    max_len = int(teacher.get("max_seq_len", document.get("student", {}).get("max_seq_len", 1024)))
+    teacher = Settings.of(document).teacher
+    max_len = teacher.max_seq_len
     examples = train_streams(document, tokenizer, max_len, rehearsal.teacher_tokens)
-    size = int(teacher.get("batch_size", 8))
-    batches = [examples[i : i + size] for i in range(0, len(examples), size)]
+    size = teacher.batch_size
+    lengths = [len(e.tokens) for e in examples]
+    batches = [[examples[i] for i in batch] for batch in length_grouped_batches(lengths, 0, len(examples), size,
+                                                                                 max_len)]
     first, last = steady_range(len(batches), share)
     model = random_model(document["models"]["teacher"], document["name"], device, "auto", rehearsal.seed)
     ids = [pad_batch([e.tokens for e in batch], tokenizer.pad_token_id)[0].to(device) for batch in batches]
@@ -223,9 +228,12 @@ def main(argv: list[str]) -> int:
     if args.phase == "teacher":
         state_file.write_text(json.dumps({"figures": figures, "details": details, "loops": timing.to_list(),
                                           "peaks": peaks}))
+        (work / "loops.json").write_text(json.dumps(timing.to_list()))
         write_result(NAME, figures, TARGETS, {**details, "phase": "teacher done (run --phase rest next)"})
         return 0
     student_figures(rehearsed, figures, details)
+    # every loop's (time, tokens) marks, for benchmarks/estimate_accuracy.py --measured and for reading the steps
+    (work / "loops.json").write_text(json.dumps(timing.to_list()))
     details["run_seconds"] = time.perf_counter() - started
     write_result(NAME, figures, TARGETS, {**details, "phase": "rehearsed"})
     # (3) bundle and verify

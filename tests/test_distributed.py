@@ -13,10 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distill_kit.distributed.settings import DistributedSettings
-from distill_kit.distributed.sharding import block_of, covering_batches, plan_cache_shards, strided
+from distill_kit.distributed.sharding import (
+    WINDOW_BATCHES,
+    block_of,
+    length_grouped_batches,
+    plan_cache_shards,
+    strided,
+)
 from distill_kit.errors import InvalidInput
 from distill_kit.manifest import load_manifest
 from distill_kit.runner.plan import PlannedStage
@@ -37,8 +44,29 @@ def test_planned_shards_follow_the_writers_rule_and_tile_the_data():
     blocks = [block_of(shards, r, 2) for r in range(2)]
     assert [s.number for s in blocks[0]] == [0, 1] and [s.number for s in blocks[1]] == [2]
     assert block_of(shards, 3, 4) == []  # more ranks than shards: a rank may have nothing to write
-    assert list(covering_batches(5, 11, 4)) == [4, 8]  # batches [4, 8) and [8, 12) hold sequences 5..10
     assert strided(list(range(6)), 1, 2) == [1, 3, 5]
+
+
+def test_length_grouped_batches_fit_the_budget_and_do_not_depend_on_where_they_start():
+    rng = np.random.default_rng(0)
+    window = 2 * WINDOW_BATCHES
+    lengths = [int(x) for x in rng.integers(1, 65, size=3 * window + 17)]
+    whole = list(length_grouped_batches(lengths, 0, len(lengths), 2, 64))
+    # every sequence exactly once, each batch padded within 2 x 64 tokens, batches never cross a window
+    assert sorted(i for b in whole for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 128 for b in whole)
+    assert all(len({i // window for i in b}) == 1 for b in whole)
+    # sorting pays: padding of fixed batches of 2 in data order is 31% of the real tokens here, sorted 5%
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in whole)
+    fixed = sum(2 * max(lengths[i : i + 2]) for i in range(0, len(lengths), 2))
+    assert padded < 1.07 * sum(lengths) and fixed > 1.25 * sum(lengths)
+    # a resumed or spread stage (any start, any end) forms the very batches of the whole run's windows that hold
+    # its part (the stage drops the sequences outside it)
+    for first, end in [(window + 5, len(lengths)), (3, window + 1), (2 * window, 3 * window)]:
+        part = list(length_grouped_batches(lengths, first, end, 2, 64))
+        windows = {i // window for i in range(first, end)}
+        assert part == [b for b in whole if b[0] // window in windows]
+    assert list(length_grouped_batches(lengths, 7, 7, 2, 64)) == []
 
 
 def test_spread_settings_from_the_manifest_and_the_machine():

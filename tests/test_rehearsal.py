@@ -204,6 +204,19 @@ def test_the_rehearsal_benchmark_splits_over_two_calls(tmp_path, monkeypatch):
     assert done["figures"]["teacher_32b_tokens_per_s"] == first["figures"]["teacher_32b_tokens_per_s"]
     events = [json.loads(line)["event"] for line in (work / "run" / "journal.jsonl").read_text().splitlines()]
     assert "run_resumed" in events and events[-1] == "run_finished"
+    loops = json.loads((work / "loops.json").read_text())  # both calls' loops, each item's (time, tokens)
+    assert {loop["description"].split()[0] for loop in loops} >= {"teacher:", "training"}
+    # estimate_accuracy --measured: the split run is the measurement; a run of other caps is refused up front
+    from benchmarks import estimate_accuracy
+
+    calibrate = ["--tiny", "--teacher-tokens", "2500", "--student-tokens", "1500", "--measured", str(work / "run")]
+    with pytest.raises(SystemExit, match="rehearsal.teacher_tokens is 5000, the comparison needs 7500"):
+        estimate_accuracy.main([*calibrate, "--factor", "3"])
+    assert estimate_accuracy.main([*calibrate, "--factor", "2"]) == 0
+    result = _json(tmp_path / "estimate_accuracy.json")
+    assert result["details"]["measured_run"] == str(work / "run") and result["details"]["phase"] == "done"
+    measured = result["details"]["errors"]["teacher"]["measured_s"]
+    assert measured == _json(work / "run" / "stages" / "teacher" / "summary.json")["wall_time_s"]
 
 
 def test_the_leaderboard_refuses_a_rehearsal_with_422(rehearsed):

@@ -4,6 +4,7 @@ what they leave in the run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -277,3 +278,24 @@ def test_gpu_power_is_read_at_each_logged_step_and_a_missing_sensor_is_a_warning
     monkeypatch.setattr(sensors.NvmlGpus, "open", classmethod(no_nvml))
     other = open_step_log(TrackingSettings(tensorboard=False), tmp_path / "b", "unit", "student", 1, "cuda")
     assert other.close()["warnings"] == ["GPU power is not logged per step: NVML library not found"]
+
+
+def test_a_compiled_run_compiles_the_logged_steps_graphs_in_its_first_step(tmp_path):
+    """A logged step runs the compiled head's loss again without gradients (new graphs): compiled in the first
+    step, they leave every later step at its steady speed (estimate's calibration windows were 2x apart)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    log = open_step_log(TrackingSettings(tensorboard=False), tmp_path, "unit", "student", 1, "cpu", {"lr": 1e-2})
+    graphs = []
+
+    def track(items, total, description):
+        for item in items:
+            graphs.append(counters["stats"]["unique_graphs"])
+            yield item
+        graphs.append(counters["stats"]["unique_graphs"])
+
+    config = dataclasses.replace(_config("chunked", compile=True, log_every_steps=3), grad_accum=2)
+    Trainer(_model(), _examples(), config, tmp_path, "cpu", 0, on_log=log, track=track).train()
+    assert log.close()["logged_steps"] == 1  # step 3 only: the first step's extra passes are not logged
+    assert graphs[1] > 0 and graphs[1:] == [graphs[1]] * (len(graphs) - 1), graphs  # nothing compiled after step 1

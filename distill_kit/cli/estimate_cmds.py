@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(None, "--run-dir", help="Where the calibration rehearsal runs (default: a "
                                      "temporary folder, removed after)."),
         calibration_tokens: str = typer.Option(None, "--calibration-tokens", help="Teacher and student tokens of "
-                                               "the calibration (default: 300k teacher / 600k student on a GPU)."),
+                                               "the calibration (default: 400k teacher / 400k student on a GPU)."),
         teacher_tokens: str = typer.Option(None, "--teacher-tokens", help="Full run's teacher tokens (default: "
                                            "the dataset's rows x mean length)."),
         student_tokens: str = typer.Option(None, "--student-tokens", help="Full run's trained tokens (default: "

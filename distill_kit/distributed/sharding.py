@@ -2,9 +2,10 @@
 
 Teacher caching: the cache's shard boundaries are planned up front with the writer's own rule (a shard closes
 once it holds ``shard_tokens`` tokens), so whichever rank writes shard ``n`` writes the bytes a one-process run
-writes for it. Each rank takes a contiguous block of shards and runs the teacher on the batches that cover them;
-batches stay the fixed slices ``[b*B, (b+1)*B)`` of the one-process run (same padding, same numerics), so a batch
-that straddles two ranks' blocks is run by both (at most one batch per rank boundary is computed twice).
+writes for it. Each rank takes a contiguous block of shards and runs the teacher on the batches that cover them.
+Batches are formed inside fixed windows of the data (``length_grouped_batches``), the same whatever the rank or
+the resume point (same padding, same numerics), so a window that straddles two ranks' blocks is run by both (at
+most one window per rank boundary is computed twice).
 
 Student training: an optimizer step takes ``grad_accum x world`` micro-batches of the one-process plan; rank ``r``
 takes every ``world``-th one starting at ``r``. The global batch is therefore per-rank batch x world x grad_accum.
@@ -12,7 +13,7 @@ takes every ``world``-th one starting at ``r``. The global batch is therefore pe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,12 +48,31 @@ def block_of(items: Sequence[T], rank: int, world: int) -> list[T]:
     return list(items[start : start + base + (1 if rank < extra else 0)])
 
 
-def covering_batches(first_sequence: int, end_sequence: int, batch_size: int) -> range:
-    """Offsets of the fixed batches ``[o, o + batch_size)`` that hold sequences ``[first, end)``."""
+WINDOW_BATCHES = 32  # a window of the data holds this many batches' worth of sequences (batch_size each)
+
+
+def length_grouped_batches(lengths: Sequence[int], first_sequence: int, end_sequence: int, batch_size: int,
+                           max_len: int) -> Iterator[list[int]]:
+    """Batches (sequence positions) covering sequences ``[first, end)``, padded to no more than
+    ``batch_size x max_len`` tokens each: the data is cut into fixed windows of ``batch_size x WINDOW_BATCHES``
+    sequences (from position 0, so a resumed or spread stage forms exactly the batches of one uninterrupted run),
+    each window's sequences sorted by length, longest first, and taken greedily, as many as fit the budget at the
+    first one's length. Fixed batches of ``batch_size`` in data order padded tulu-3-like lengths to about 60% real
+    tokens (a 32B teacher at 4,822 real tokens/s against 8,206 for full batches, benchmarks/rehearsal.py); sorted
+    windows keep the padding to the length differences of neighbours, and short sequences share a batch instead
+    of leaving it mostly empty. The budget is the fixed batches' own worst case, so peak memory is unchanged."""
     if end_sequence <= first_sequence:
-        return range(0)
-    first = first_sequence // batch_size * batch_size
-    return range(first, end_sequence, batch_size)
+        return
+    window = batch_size * WINDOW_BATCHES
+    budget = batch_size * max_len
+    for w0 in range(first_sequence // window * window, end_sequence, window):
+        w1 = min(w0 + window, len(lengths))
+        order = sorted(range(w0, w1), key=lambda i: -int(lengths[i]))  # stable: ties keep data order
+        start = 0
+        while start < len(order):
+            count = max(1, budget // max(1, int(lengths[order[start]])))
+            yield order[start : start + count]
+            start += count
 
 
 def strided(items: Sequence[T], rank: int, world: int) -> list[T]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 POLL_S = 0.002
+SETTLE_S = 0.3  # quiet before an edge the kit controls (the prerun's): power steady over the step holding it
 MAX_WAIT_S = 0.35  # a little over three 100 ms update periods: two updates are seen on any counter that steps
 
 Update = list[float]  # [t, mj]

@@ -204,7 +204,9 @@ def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePre
 
 
 SCALING_EFFICIENCY = 0.95  # per GPU added, data parallel: 1.89-1.94x on 2 H200s (shared FIELD_NOTES, 1.2B shape)
-DEFAULT_CALIBRATION = {"teacher_tokens": 150_000, "student_tokens": 300_000, "eval_tokens": 8192}  # ~1 min a stage
+# about a minute a stage on one H200 at kd_32b_1b's shapes; the student's steps vary with their sequences' lengths,
+# so fewer than ~20 steady steps gave windows 2x apart (benchmarks/results/estimate_kd_32b_1b.json at 300k)
+DEFAULT_CALIBRATION = {"teacher_tokens": 400_000, "student_tokens": 400_000, "eval_tokens": 8192}
 CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tokens": 1024}
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 

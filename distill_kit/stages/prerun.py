@@ -3,6 +3,12 @@
 The idle window comes first, on a quiet device (after the CUDA context exists, since that alone raises a GPU's
 idle power: about 120 W with a context versus 75 W without on an H100); the burn-in then brings clocks and
 temperature to a working state so the first measured stage does not pay for warming up.
+
+Both power changes of the prerun (the context opening, the burn-in ending) are followed by ``SETTLE_S`` of quiet
+before the next window edge: an energy counter read at an edge is interpolated inside its update step
+(energy/counter_edges.py), exact when the power is steady across that step and off by up to a step's energy when
+it jumps inside it. Ending the burn-in at ~700 W right at the stage's edge put 1.3% of a 5.8 s prerun in doubt on
+an H200 (benchmarks/results/energy_coverage.json); a quiet edge costs a third of a second of idle power.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import time
 from typing import Any
 
 from distill_kit.energy.accounting import idle_baseline, idle_power_uncertainty_w
+from distill_kit.energy.counter_edges import SETTLE_S
 from distill_kit.stages.base import StageContext, StageResult
 
 
@@ -28,6 +35,9 @@ def _burn_in(device: str, seconds: float) -> dict[str, Any]:
         iterations += 1
         if device == "cuda" and iterations % 16 == 0:
             torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        time.sleep(SETTLE_S)  # the stage's end edge on steady (idle) power, see the module doc
     return {"seconds": seconds, "matmul_size": size, "iterations": iterations}
 
 
@@ -46,6 +56,7 @@ class PrerunStage:
 
             torch.zeros(1, device="cuda")  # open the context before measuring idle
             torch.cuda.synchronize()
+            time.sleep(SETTLE_S)
         self.ctx.progress.log(f"prerun: measuring idle power for {self.idle_s:g} s")
         with self.ctx.measure("idle") as idle:
             time.sleep(self.idle_s)

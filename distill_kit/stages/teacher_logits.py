@@ -6,11 +6,16 @@ shard by shard; a killed stage resumes after its last whole shard. Tokens counte
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+
 from distill_kit import rundir_layout as layout
 from distill_kit.assets.resolve import asset_path, tokenizer_path
 from distill_kit.distributed.rank import barrier, current
-from distill_kit.distributed.sharding import covering_batches
-from distill_kit.logits.cache import CacheIndex, CacheWriter
+from distill_kit.distributed.sharding import length_grouped_batches
+from distill_kit.logits.cache import CacheIndex, CacheWriter, EncodedSequence
 from distill_kit.logits.teacher import cache_batches
 from distill_kit.rehearsal import RehearsalSettings, is_rehearsal
 from distill_kit.rehearsal.substitute import random_model, rehearsal_record, synthetic_tokenizer, train_streams
@@ -36,7 +41,7 @@ class TeacherLogitsStage:
         self.shard_tokens = logits.shard_tokens
         self.batch_size = self.settings.batch_size
         teacher_ref = doc["models"]["teacher"]
-        max_len = self.settings.max_seq_len
+        max_len = self.max_len = self.settings.max_seq_len
         if is_rehearsal(doc):
             self._rehearse(doc, max_len)
         else:
@@ -67,20 +72,36 @@ class TeacherLogitsStage:
                               f"{len(self.examples)} random sequences ({settings.teacher_tokens:,} tokens)")
 
     def run(self) -> StageResult:
-        # Batches are fixed slices of the data whatever the resume point, so a resumed teacher computes every
-        # sequence in the same batch (same padding, same numerics) as an uninterrupted one would.
+        # Batches are formed inside fixed windows of the data whatever the resume point or rank
+        # (distributed/sharding.py), so a resumed teacher computes every sequence in the same batch (same padding,
+        # same numerics) as an uninterrupted one would. Within a window they are sorted by length, so their
+        # sequences arrive out of order: they wait here (one window at most) and reach the writer in data order.
         start = self.writer.sequences_done
         end = getattr(self.writer, "end_sequence", len(self.examples))  # a rank's block ends before the data's
-        offsets = covering_batches(start, end, self.batch_size)
+        lengths = [len(e.tokens) for e in self.examples]
+        plan = lambda: length_grouped_batches(lengths, start, end, self.batch_size, self.max_len)  # noqa: E731
         if start and not self.rank.spread:
             self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
-        batches = ([(e.tokens, e.loss_mask) for e in self.examples[i : i + self.batch_size]] for i in offsets)
-        cached = cache_batches(self.model, batches, self.index, int(self.tokenizer.pad_token_id))
-        for offset, (sequences, error) in zip(offsets, self.ctx.progress.track(
-                cached, len(offsets), "teacher: caching top-k log-probs"), strict=True):
-            for position, sequence in enumerate(sequences, start=offset):
+        positions: deque[list[int]] = deque()  # the batches handed to the GPU and not yet back
+
+        def batches() -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+            for batch in plan():
+                positions.append(batch)
+                yield [(self.examples[i].tokens, self.examples[i].loss_mask) for i in batch]
+
+        cached = cache_batches(self.model, batches(), self.index, int(self.tokenizer.pad_token_id))
+        waiting: dict[int, tuple[EncodedSequence, float]] = {}
+        next_position = start
+        for sequences, error in self.ctx.progress.track(cached, sum(1 for _ in plan()),
+                                                        "teacher: caching top-k log-probs"):
+            for position, sequence in zip(positions.popleft(), sequences, strict=True):
                 if start <= position < end:
-                    self.writer.add(sequence, error)
+                    waiting[position] = (sequence, error)
+            while next_position in waiting:
+                self.writer.add(*waiting.pop(next_position))
+                next_position += 1
+        if next_position != end:
+            raise RuntimeError(f"teacher: sequences {next_position}..{end - 1} were never cached (batching bug)")
         index = self.writer.close()
         self.writer = None
         if self.rank.spread:

@@ -449,9 +449,13 @@ class Trainer:
             micro = plan[step * per_step : (step + 1) * per_step]
             logged = self.on_log is not None and ((step + 1) % max(config.log_every_steps, 1) == 0
                                                   or step + 1 == total_steps)
-            self._terms = {} if logged else None
+            # Compiled, a logged step's extra no-grad passes over the head are new graphs (grad mode, one weight at
+            # 0): the first step computes them too and drops them, so compiling them is warm-up, not a steady step
+            # running 2x slow (the 10th step in benchmarks/results/estimate_kd_32b_1b.json's calibration).
+            warm_terms = config.compile and self.on_log is not None and step == first_step
+            self._terms = {} if logged or warm_terms else None
             step_loss, step_trained, step_inputs, sequences = self._step(micro, optimizer, scheduler)
-            terms, self._terms = self._terms, None
+            terms, self._terms = (self._terms if logged else None), None
             if unread:  # now that this step is queued, the GPU keeps busy while the host waits for the last one
                 self._read(*unread)
             trained, inputs = trained + step_trained, inputs + step_inputs
