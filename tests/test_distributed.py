@@ -216,8 +216,18 @@ def test_fsdp2_student_on_cpu_ranks_follows_one_process(caches, one_process_stud
 
 # -- energy per GPU -------------------------------------------------------------------------------------------------
 
-def _two_gpu_attempt(counter: bool = True):
-    """One attempt on two GPUs (GPU 0 at 300 W, GPU 1 at 100 W for 10 s), as the meter records it."""
+def _stepped_edge(t: float, energy_mj: list[float], power_w: list[float], lag_ms: float) -> dict:
+    """An edge at ``t`` as the meter records it on counters that step every 100 ms: the reading still holds the
+    step ``lag_ms`` before it, and the two steps after it were watched (counter_edges)."""
+    ahead = 100.0 - lag_ms
+    return {"gpu_energy_mj": [e - lag_ms * p for e, p in zip(energy_mj, power_w, strict=True)],
+            "gpu_counter_after": [[[t + ahead / 1000, e + ahead * p], [t + ahead / 1000 + 0.1, e + (ahead + 100) * p]]
+                                  for e, p in zip(energy_mj, power_w, strict=True)]}
+
+
+def _two_gpu_attempt(counter: bool | str = True):
+    """One attempt on two GPUs (GPU 0 at 300 W, GPU 1 at 100 W for 10 s), as the meter records it (``stepped``:
+    counter readings that lag their edges, aligned by the updates watched after them)."""
     from distill_kit.energy.accounting import gpu_shares, window_figures
     from distill_kit.energy.trace import Trace
 
@@ -227,6 +237,9 @@ def _two_gpu_attempt(counter: bool = True):
     trace = Trace(columns, rows)
     edges = {"start": {"gpu_energy_mj": [1e6, 5e6]}, "end": {"gpu_energy_mj": [1e6 + 3e6, 5e6 + 1e6]}} \
         if counter else None
+    if counter == "stepped":
+        edges = {"start": _stepped_edge(100.0, [1e6, 5e6], [300.0, 100.0], 70.0),
+                 "end": _stepped_edge(110.0, [1e6 + 3e6, 5e6 + 1e6], [300.0, 100.0], 20.0)}
     figures = window_figures(trace, 100.0, 110.0, edges, None, 0.1, {})
     record = {"attempt": 1, "t_start": 100.0, "t_end": 110.0, "edges": edges,
               "energy": {d: f.to_dict() for d, f in figures.items()},
@@ -234,8 +247,10 @@ def _two_gpu_attempt(counter: bool = True):
     return trace, record
 
 
-@pytest.mark.parametrize("counter", [True, False])
+@pytest.mark.parametrize("counter", [True, False, "stepped"])
 def test_each_gpu_share_recomputes_and_they_sum_to_the_gpu_figure(counter):
+    """Stepped: the shares are aligned at the edges as the total is (raw differences summed 0.26% away from the
+    total on an H200 rehearsal, and verify failed the bundle)."""
     from distill_kit.bundle.checks.gpus import _attempt_problems
 
     trace, record = _two_gpu_attempt(counter)

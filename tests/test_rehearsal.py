@@ -301,7 +301,7 @@ def test_estimate_predicts_the_full_run_from_a_short_calibration(tmp_path):
     out = tmp_path / "estimate.json"
     result = run_cli("estimate", "smoke-kd", "--calibration-tokens", "4k", "--country", "FRA", "--json", str(out),
                      "--set", "rehearsal.eval_tokens=128", "--set", "energy.idle_seconds=1",
-                     "--set", "energy.burn_in_seconds=0")
+                     "--set", "energy.burn_in_seconds=0", "--set", "teacher.batch_size=4")  # >1 teacher batch
     assert result.returncode == 0, result.output
     assert "smoke-kd: estimated full run" in result.stdout and "kg CO2 (FRA" in result.stdout
     report = _json(out)
@@ -364,3 +364,14 @@ def test_a_rehearsed_hub_model_records_its_shape_for_verify():
     assert models["teacher"]["parameters"] == 32_234_279_936 and models["teacher"]["layers"] == 64
     assert models["student"]["parameters"] == 1_484_916_736
     assert models["student"]["embedding_parameters"] == 100352 * 2048
+
+
+def test_a_stage_without_steady_windows_is_scaled_at_its_whole_average_not_taken_as_rehearsed():
+    from distill_kit.runner.estimate import StageCalibration, predict_stage
+
+    few = StageCalibration("teacher", "teacher_logits", "teacher_forward_tokens", 1000, 10.0, 500.0, windows=[])
+    prediction = predict_stage(few, 100_000)
+    assert prediction.tokens == 100_000 and prediction.seconds.mid == pytest.approx(1000.0)
+    assert prediction.energy_j is not None and prediction.energy_j.mid == pytest.approx(50_000.0)
+    assert prediction.basis.startswith("no steady windows") and "raise --calibration-tokens" in prediction.basis
+    assert predict_stage(few, None).basis == "as rehearsed"  # no full-run token count: nothing to scale

@@ -256,14 +256,14 @@ def gpu_shares(trace: Trace, t_start: float, t_end: float, edges: dict[str, Any]
     is the i-th visible GPU: trace columns ``gpu{i}_*``, edge list position ``i``, fingerprint ``gpus[i]``.
     The shares sum to the window's figure; a spread stage's ranks each show here."""
     indices = trace.gpu_indices()
-    start = (edges or {}).get("start", {}).get("gpu_energy_mj") or []
-    end = (edges or {}).get("end", {}).get("gpu_energy_mj") or []
+    start = _counter_at((edges or {}).get("start") or {}, t_start)  # aligned as the total's (gpu_figure)
+    end = _counter_at((edges or {}).get("end") or {}, t_end)
     rows = [r for r in trace.rows if indices and all(isinstance(r.get(f"gpu{i}_power_w"), float) for i in indices)]
     shares = []
     for i in range(max(len(indices), len(start))):
         energy = None
-        if method == "counter" and i < len(start) and i < len(end):
-            energy = (end[i] - start[i]) / 1000.0
+        if method == "counter" and i < len(start) and i < len(end) and start[i] is not None and end[i] is not None:
+            energy = (cast(float, end[i]) - cast(float, start[i])) / 1000.0
         elif method == "integrated" and i in indices:
             energy = integrate_power_j([(float(cast(float, r["t"])), float(cast(float, r[f"gpu{i}_power_w"])))
                                         for r in rows], t_start, t_end)

@@ -186,6 +186,15 @@ def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePre
     """The stage at ``tokens`` full-run tokens: fixed cost + tokens at the steady rates (interval: the windows'
     extreme rates)."""
     c = calibration
+    if tokens is not None and not (c.steady and c.tokens_per_s) and c.tokens > 0 and c.wall_s > 0:
+        # too few items for steady windows: the whole stage's average, set-up included, stands for the rate (an
+        # overestimate, said so) rather than the stage being taken as rehearsed (a 1000x underestimate)
+        seconds = tokens * c.wall_s / c.tokens
+        energy = Interval(*[tokens * c.energy_j / c.tokens] * 3) if c.energy_j is not None else None
+        return StagePrediction(c.stage, c.kind, tokens, Interval(seconds, seconds, seconds), energy,
+                               f"no steady windows (too few items): {tokens:,} tokens at the calibration's whole-stage "
+                               f"{c.tokens / c.wall_s:,.0f} tokens/s, set-up included (an overestimate; raise "
+                               "--calibration-tokens)")
     if not c.steady or tokens is None or not c.tokens_per_s:
         energy = Interval(c.energy_j, c.energy_j, c.energy_j) if c.energy_j is not None else None
         return StagePrediction(c.stage, c.kind, None, Interval(c.wall_s, c.wall_s, c.wall_s), energy, "as rehearsed")
