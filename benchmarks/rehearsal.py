@@ -220,7 +220,8 @@ def main(argv: list[str]) -> int:
     # (2) the rehearsal: whole, or up to the teacher, or resumed after it
     rehearsed = rehearse(manifest, work / "run", caps, overrides, stop_after="teacher" if args.phase == "teacher"
                          else None, resume=args.phase == "rest", timing=timing)
-    peaks.update(rehearsed.peak_gib)
+    # a resumed call reads 0 for the stages it skipped: the first call's peaks stand for those
+    peaks.update({stage: gib for stage, gib in rehearsed.peak_gib.items() if stage not in peaks})
     details["peak_gib"] = peaks
     figures.update({f"peak_gib_{stage}": gib for stage, gib in peaks.items()})
     if args.phase != "rest":

@@ -238,6 +238,19 @@ def test_data_plan_stops_exactly_at_the_token_budget_and_is_seeded():
     assert plan != plan_micro_batches(examples, TrainConfig(batch_size=2, grad_accum=1, seed=4, token_budget=50))
 
 
+def test_data_plan_runs_epochs_on_without_odd_sized_micro_batches():
+    """Epochs follow each other in one stream: no micro-batch but the run's last is short (an epoch's tail of one
+    sequence recompiled a compiled step mid-run), and each epoch still sees every example once."""
+    examples = _examples([5, 7, 9, 4, 6])
+    plan = plan_micro_batches(examples, TrainConfig(batch_size=2, grad_accum=1, seed=3, epochs=3))
+    assert [len(m.indices) for m in plan] == [2] * 7 + [1]
+    flat = [i for m in plan for i in m.indices]
+    assert all(sorted(flat[e * 5 : (e + 1) * 5]) == list(range(5)) for e in range(3))
+    assert all(m.token_cap is None for m in plan)
+    budgeted = plan_micro_batches(examples, TrainConfig(batch_size=2, grad_accum=1, seed=3, token_budget=40))
+    assert all(len(m.indices) == 2 for m in budgeted) and budgeted[-1].token_cap is not None
+
+
 def test_collate_pads_and_never_trains_on_padding():
     batch = collate(_examples([3, 6]), pad_id=99)
     assert batch.input_ids.shape == (2, 6) and int(batch.input_ids[0, 5]) == 99

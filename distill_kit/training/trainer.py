@@ -15,7 +15,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,10 @@ class MicroBatch:
 
 
 def plan_micro_batches(examples: list[Example], config: TrainConfig) -> list[MicroBatch]:
-    """The whole run's data order, fixed by the seed: shuffled epochs cut into micro-batches."""
+    """The whole run's data order, fixed by the seed: shuffled epochs, one after the other, cut into micro-batches of
+    ``batch_size``. A micro-batch may hold the end of one epoch and the start of the next, so every micro-batch is
+    full but the run's last: an epoch's odd-sized tail (one sequence) made the compiled step recompile for 5 s in
+    the middle of a calibration (benchmarks/results/estimate_accuracy.json, step 10)."""
     budget = config.token_budget
     max_epochs = config.epochs if config.epochs is not None else math.inf
     if budget is None and not math.isfinite(max_epochs):
@@ -99,22 +102,34 @@ def plan_micro_batches(examples: list[Example], config: TrainConfig) -> list[Mic
     per_example = [e.target_tokens for e in examples]
     if sum(per_example) == 0:
         raise ValueError("the training data has no target tokens")
+
+    def stream() -> Iterator[int]:
+        epoch = 0
+        while epoch < max_epochs:
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(examples)).tolist()
+            if max_epochs - epoch < 1:  # a fractional last epoch
+                order = order[: max(1, int(len(order) * (max_epochs - epoch)))]
+            yield from order
+            epoch += 1
+
     plan: list[MicroBatch] = []
     trained = 0
-    epoch = 0
-    while epoch < max_epochs:
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(examples)).tolist()
-        if max_epochs - epoch < 1:  # a fractional last epoch
-            order = order[: max(1, int(len(order) * (max_epochs - epoch)))]
-        for start in range(0, len(order), config.batch_size):
-            indices = order[start : start + config.batch_size]
-            tokens = sum(per_example[i] for i in indices)
-            if budget is not None and trained + tokens >= budget:
-                plan.append(MicroBatch(indices, budget - trained))
-                return plan
-            plan.append(MicroBatch(indices, None))
-            trained += tokens
-        epoch += 1
+    indices: list[int] = []
+    for index in stream():
+        indices.append(index)
+        if len(indices) < config.batch_size:
+            continue
+        tokens = sum(per_example[i] for i in indices)
+        if budget is not None and trained + tokens >= budget:
+            plan.append(MicroBatch(indices, budget - trained))
+            return plan
+        plan.append(MicroBatch(indices, None))
+        trained += tokens
+        indices = []
+    if indices:  # the last epoch's tail
+        tokens = sum(per_example[i] for i in indices)
+        plan.append(MicroBatch(indices, budget - trained if budget is not None and trained + tokens >= budget
+                               else None))
     return plan
 
 
