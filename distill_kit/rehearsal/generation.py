@@ -43,6 +43,12 @@ def mean_answer_tokens(lengths: LengthDistribution, max_seq_len: int, max_new_to
     return float(np.minimum(split_lengths(drawn, lengths.target_share)[1], max_new_tokens).mean())
 
 
+def mean_prompt_tokens(lengths: LengthDistribution, max_seq_len: int) -> float:
+    """Mean prompt tokens per row: the non-answer part of the data's sequences."""
+    drawn = lengths.sample(np.random.default_rng(0), 200_000, max_seq_len)
+    return float(split_lengths(drawn, lengths.target_share)[0].mean())
+
+
 def rehearsal_prompts(lengths: LengthDistribution, vocab_size: int, max_seq_len: int, max_new_tokens: int,
                       budget_tokens: int, seed: int, special_ids: tuple[int, ...] = ()) -> list[RehearsalPrompt]:
     """Random prompts totalling ``budget_tokens`` prompt tokens, each with its drawn answer length (seeded)."""
