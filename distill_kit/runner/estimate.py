@@ -219,14 +219,16 @@ SCALING_EFFICIENCY = 0.95  # per GPU added, data parallel: 1.89-1.94x on 2 H200s
 # so fewer than ~20 steady steps gave windows 2x apart (benchmarks/results/estimate_kd_32b_1b.json at 300k)
 DEFAULT_CALIBRATION = {"teacher_tokens": 400_000, "student_tokens": 400_000, "eval_tokens": 8192}  # KD
 CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tokens": 1024}
-# Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be ~2,100 batches of a
+# Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be ~440 batches of a
 # 32B teacher decoding at sft_32b_1b's batch of 4 (hours). A batch decodes as long as its longest drawn answer:
-# tulu-3's shape (median 512 tokens, 60% answer, cut at 1024) gives ~450 steps for the longest of 4, at a rough
-# 25-35 ms per step for a 32B in bf16 with Hugging Face generate on one H200 (memory-bound: 64 GB of weights read
-# per step at ~4.8 TB/s is 13 ms, plus eager overhead), so ~15 s a batch. 8 batches leave, after the warm-up batch
-# and the dropped last mark, 6 batches (~1.5 min) of steady decoding in 4 windows (runner/estimate.py _windows),
-# and the stage about 2 min. An explicit teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
-GENERATION_CALIBRATION_BATCHES = 8
+# under tulu-3's assumed shape (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with
+# probability ~0.25, so two batches in three run the longest answer there is, 614 steps. At a rough 25-35 ms a step
+# for a 32B in bf16 with Hugging Face generate on one H200 (memory-bound: 64 GB of weights read per step at ~4.8
+# TB/s is 13 ms, plus eager overhead), a batch takes ~15-20 s. 6 batches leave, after the warm-up batch and the
+# dropped last mark, 4 batches (~1 min) of steady decoding, one per window (runner/estimate.py _windows), and the
+# stage under 2 minutes, so gpu_suite.sh's 300 s per estimate still holds the student and eval. An explicit
+# teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
+GENERATION_CALIBRATION_BATCHES = 6
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
 
