@@ -224,8 +224,8 @@ CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tok
 # under tulu-3's assumed shape (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with
 # probability ~0.25, so two batches in three run the longest answer there is, 614 steps. At a rough 25-35 ms a step
 # for a 32B in bf16 with Hugging Face generate on one H200 (memory-bound: 64 GB of weights read per step at ~4.8
-# TB/s is 13 ms, plus eager overhead), a batch takes ~15-20 s. 6 batches leave, after the warm-up batch and the
-# dropped last mark, 4 batches (~1 min) of steady decoding, one per window (runner/estimate.py _windows), and the
+# TB/s is 13 ms, plus eager overhead), a batch takes ~15-20 s. 6 batches leave, after the warm-up batch (the first
+# mark) and the dropped last mark, 3 batches (~1 min) of steady decoding, one per window (_windows below), and the
 # stage under 2 minutes, so gpu_suite.sh's 300 s per estimate still holds the student and eval. An explicit
 # teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
 GENERATION_CALIBRATION_BATCHES = 6

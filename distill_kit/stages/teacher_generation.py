@@ -26,7 +26,14 @@ from distill_kit import rundir_layout as layout
 from distill_kit._io import canonical_json_bytes
 from distill_kit.assets.resolve import asset_path, tokenizer_path
 from distill_kit.distributed.rank import barrier, current
-from distill_kit.generation.decode import DecodingSettings, HFBackend, VLLMBackend, batch_seed, choose_backend
+from distill_kit.generation.decode import (
+    DecodingSettings,
+    HFBackend,
+    VLLMBackend,
+    batch_seed,
+    choose_backend,
+    vllm_available,
+)
 from distill_kit.generation.shards import GenerationRecord, GenerationWriter
 from distill_kit.rehearsal import RehearsalSettings, is_rehearsal
 from distill_kit.rehearsal.generation import RehearsalPrompt, rehearsal_prompts
@@ -121,8 +128,8 @@ class TeacherGenerationStage:
         pad, eos = int(self.tokenizer.pad_token_id), int(self.tokenizer.eos_token_id)
         model = random_model(doc["models"]["teacher"], doc["name"], self.ctx.device, "auto", settings.seed)
         self.backend = HFBackend(None, self.ctx.device, pad, eos, model=model)
-        if requested == "vllm":
-            self.backend_reason += " (the run asks for vllm: a rehearsal times Hugging Face generate)"
+        if requested == "vllm" or (requested == "auto" and self.ctx.device == "cuda" and vllm_available()):
+            self.backend_reason += " (a real run would take vllm: this rehearsal times Hugging Face generate)"
         train = doc["data"]["train"]
         self.rehearsal = rehearsal_prompts(train_lengths(doc, self.max_seq_len), self.tokenizer.vocab_size,
                                            self.max_seq_len, self.decoding.max_new_tokens,
