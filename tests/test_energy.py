@@ -119,6 +119,14 @@ def test_coverage_counts_only_gaps_within_the_sampling_interval():
     assert coverage([0.0, 0.1, 0.2, 1.0], 0.0, 1.0, 0.1) == pytest.approx(0.2)  # 0.2..1.0 is a hole
 
 
+def test_a_stage_shorter_than_the_sampling_interval_is_covered_by_the_samples_around_it():
+    """A 22 ms filter stage between two samples 100 ms apart (a rehearsed sft run's filter) is sampled as well as
+    any: its coverage is 1, not 0 (verify FAILs an attempt under 75%). No sample within reach still covers nothing."""
+    assert coverage([0.95, 1.05], 1.0, 1.022, 0.1) == pytest.approx(1.0)
+    assert coverage([0.5, 1.05], 1.0, 1.022, 0.1) == pytest.approx(0.0)  # 0.5..1.05 is a hole
+    assert coverage([0.2, 1.8], 1.0, 1.022, 0.1) == pytest.approx(0.0)
+
+
 def test_trace_round_trip_and_a_torn_last_line():
     rows = [{"t": 1.5, "attempt": 1, "gpu0_power_w": 100.0}, {"t": 1.6, "attempt": 1, "gpu0_power_w": None}]
     trace = parse_trace(__import__("gzip").decompress(render_trace(["t", "attempt", "gpu0_power_w"], rows)).decode())

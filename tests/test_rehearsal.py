@@ -105,10 +105,11 @@ def test_a_rehearsal_of_a_hub_manifest_needs_none_of_its_hub_assets(tmp_path):
 
 
 def test_a_pipeline_without_a_rehearsal_says_so(tmp_path):
-    result = run_cli("run", "smoke-sft", "--run-dir", str(tmp_path / "r"), "--runtime", "local", "--rehearse")
+    result = run_cli("run", "smoke-sft", "--run-dir", str(tmp_path / "r"), "--runtime", "local", "--rehearse",
+                     "--set", "pipeline=data")
     assert result.returncode == 2
     assert_no_traceback(result)
-    assert "a rehearsal of the 'sft' pipeline is not implemented yet" in result.output
+    assert "a rehearsal of the 'data' pipeline is not implemented yet" in result.output
 
 
 def test_the_direct_sft_baseline_rehearses_too(tmp_path):

@@ -52,9 +52,12 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Option(None, "--run-dir", help="Where the calibration rehearsal runs (default: a "
                                      "temporary folder, removed after)."),
         calibration_tokens: str = typer.Option(None, "--calibration-tokens", help="Teacher and student tokens of "
-                                               "the calibration (default: 400k teacher / 400k student on a GPU)."),
+                                               "the calibration (default: 400k teacher / 400k student on a GPU; a "
+                                               "generating teacher: 6 batches of prompts; its cap counts prompt "
+                                               "tokens)."),
         teacher_tokens: str = typer.Option(None, "--teacher-tokens", help="Full run's teacher tokens (default: "
-                                           "the dataset's rows x mean length)."),
+                                           "the dataset's rows x mean length; a generating teacher: rows x samples "
+                                           "x mean answer, in generated tokens)."),
         student_tokens: str = typer.Option(None, "--student-tokens", help="Full run's trained tokens (default: "
                                            "student.token_budget, else epochs x rows x mean length x loss share)."),
         set_: list[str] = typer.Option([], "--set", help="Override a manifest value: a.b.c=value (repeatable)."),
@@ -70,7 +73,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             calibration = parse_token_count(calibration_tokens) if calibration_tokens else None
-            full = {"teacher_logits": parse_token_count(teacher_tokens) if teacher_tokens else None}
+            teacher = parse_token_count(teacher_tokens) if teacher_tokens else None
+            full = {"teacher_logits": teacher, "teacher_generation": teacher}
             full["kd"] = full["sft"] = parse_token_count(student_tokens) if student_tokens else None
         except ValueError as err:
             raise InvalidInput(str(err)) from err

@@ -118,15 +118,19 @@ def integrate_power_j(samples: list[tuple[float, float]], t_start: float, t_end:
 
 
 def coverage(times: list[float], t_start: float, t_end: float, interval_s: float) -> float:
-    """Fraction of the window covered by samples no further apart than MAX_GAP_FACTOR intervals."""
+    """Fraction of the window covered by samples no further apart than MAX_GAP_FACTOR intervals. The window's
+    edges count as samples where a sample falls inside it; a window with none inside (shorter than the interval)
+    is covered where the nearest samples around it are close enough."""
     duration = t_end - t_start
     if duration <= 0:
         return 0.0
+    limit = MAX_GAP_FACTOR * interval_s
     points = sorted(t for t in times if t_start <= t <= t_end)
     if not points:
-        return 0.0
+        before = max((t for t in times if t < t_start), default=None)
+        after = min((t for t in times if t > t_end), default=None)
+        return 1.0 if before is not None and after is not None and after - before <= limit else 0.0
     edges = [t_start, *points, t_end]
-    limit = MAX_GAP_FACTOR * interval_s
     covered = sum(min(b - a, limit) if b - a <= limit else 0.0 for a, b in zip(edges, edges[1:], strict=False))
     return max(0.0, min(1.0, covered / duration))
 

@@ -61,15 +61,16 @@ class Backend(Protocol):
 
 
 class HFBackend:
-    """Batched ``model.generate`` with left padding; fp32 on CPU, bf16 on GPU (``training.models.load_model``)."""
+    """Batched ``model.generate`` with left padding; fp32 on CPU, bf16 on GPU (``training.models.load_model``), or
+    a model already made (a rehearsal's random weights)."""
 
     name = "hf"
 
-    def __init__(self, model_dir: Path, device: str, pad_id: int, eos_id: int):
+    def __init__(self, model_dir: Path | None, device: str, pad_id: int, eos_id: int, model: Any = None):
         from distill_kit.training.models import load_model
         from distill_kit.training.threads import limit_cpu_threads
 
-        self.model = load_model(model_dir, device)
+        self.model = model if model is not None else load_model(model_dir, device)
         self.threads = limit_cpu_threads(device, self.model)
         self.device = device
         self.pad_id, self.eos_id = pad_id, eos_id
@@ -80,8 +81,10 @@ class HFBackend:
         return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p,
                 "top_k": settings.top_k or None, "num_return_sequences": settings.num_samples}
 
-    def generate(self, prompts: list[list[int]], settings: DecodingSettings, seed: int, max_total: int
-                 ) -> list[list[Generated]]:
+    def generate(self, prompts: list[list[int]], settings: DecodingSettings, seed: int, max_total: int,
+                 answers: list[tuple[int, bool]] | None = None) -> list[list[Generated]]:
+        """``answers`` (a rehearsal): each prompt's answer as ``(generated tokens, ends with EOS)``; the batch then
+        decodes exactly as long as its longest answer (EOS suppressed) and each sample is cut at its own length."""
         import torch
 
         width = max(len(p) for p in prompts)
@@ -92,15 +95,21 @@ class HFBackend:
             mask[i, width - len(prompt):] = 1
         torch.manual_seed(seed)  # seeds every device
         new_tokens = max(1, min(settings.max_new_tokens, max_total - width))
+        forced = {}
+        if answers is not None:
+            new_tokens = max(1, min(new_tokens, max(tokens for tokens, _ in answers)))
+            forced = {"min_new_tokens": new_tokens}
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       max_new_tokens=new_tokens, eos_token_id=self.eos_id, pad_token_id=self.pad_id,
-                                      **self._sampling_kwargs(settings))
+                                      **forced, **self._sampling_kwargs(settings))
         rows = out[:, width:].tolist()
         per_prompt = settings.num_samples if settings.do_sample else 1
         results = []
         for i in range(len(prompts)):
-            samples = [_cut(row, self.eos_id) for row in rows[i * per_prompt:(i + 1) * per_prompt]]
+            block = rows[i * per_prompt:(i + 1) * per_prompt]
+            samples = ([_cut(row, self.eos_id) for row in block] if answers is None
+                       else [_forced(row, *answers[i]) for row in block])
             results.append(samples * (settings.num_samples // per_prompt))
         return results
 
@@ -109,6 +118,14 @@ def _cut(row: list[int], eos_id: int) -> Generated:
     if eos_id in row:
         return Generated(row[: row.index(eos_id)], True)
     return Generated(row, False)
+
+
+def _forced(row: list[int], tokens: int, finished: bool) -> Generated:
+    """A rehearsed sample at its drawn length: ``tokens`` generated, the last one the EOS where it ``finished``
+    (unless the batch was cut shorter by the sequence length: then it ends unfinished, as a real one would)."""
+    if finished and tokens <= len(row):
+        return Generated(row[: tokens - 1], True)
+    return Generated(row[:tokens], False)
 
 
 class VLLMBackend:

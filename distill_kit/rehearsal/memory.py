@@ -11,6 +11,12 @@ Per stage, in bytes (docs/estimate.md has the derivation and the measured agreem
   (tokens x top-k x 12 bytes).
 - teacher (KD caching; bf16 weights): 2P + the forward's transient (tokens x (vocabulary x 6 + 16h) bytes: bf16
   logits, their float32 copy for top-k/logsumexp, a layer's working set).
+- teacher generation (synthetic-data SFT; bf16 weights, Hugging Face ``generate``): 2P + the KV cache of every
+  sequence of the batch (batch x samples per prompt, each at most the teacher's ``max_seq_len``: prompt +
+  ``max_new_tokens`` is cut there) x layers x 2 (keys, values) x KV heads x head size x 2 bytes + one step's
+  logits (sequences x vocabulary x 6 bytes: bf16, and the float32 copy sampling works on) + the prefill's layer
+  working set (sequences x ``max_seq_len`` x 16h bytes). vLLM (when it runs the stage) takes a fixed share of the
+  GPU instead, so this is the Hugging Face backend's need.
 - eval: as the teacher, at the eval batch and the student's sequence length, for the largest evaluated model.
 
 ``a``, the bytes autograd keeps per token and decoder layer, is measured, not guessed: the same architecture
@@ -228,6 +234,23 @@ def plan_teacher(document: dict[str, Any], gpu: bool = True) -> StagePlan:
     return _forward_plan("teacher", document["models"]["teacher"], document["name"], tokens, gpu)
 
 
+def plan_generation(document: dict[str, Any], gpu: bool = True) -> StagePlan:
+    teacher = Settings.of(document).teacher
+    shape = model_shape(document["models"]["teacher"], document["name"])
+    numbers = json.loads(shape.config_json)
+    heads = numbers["num_attention_heads"]
+    kv_heads = numbers.get("num_key_value_heads") or heads
+    head_dim = numbers.get("head_dim") or shape.hidden // heads
+    generation = teacher.generation
+    sequences = teacher.batch_size * (generation.num_samples if generation.do_sample else 1)
+    width = 2.0 if gpu else 4.0
+    parts = {"weights": width * shape.parameters,
+             "KV cache": float(sequences * teacher.max_seq_len * shape.layers * 2 * kv_heads * head_dim * width),
+             "logits (one step)": float(sequences * shape.vocab * 6),
+             "prefill (a layer)": float(sequences * teacher.max_seq_len * 16 * shape.hidden)}
+    return StagePlan("teacher", parts, sum(parts.values()))
+
+
 def plan_eval(document: dict[str, Any], gpu: bool = True) -> StagePlan:
     settings = Settings.of(document)
     tokens = settings.eval.batch_size * settings.student.max_seq_len
@@ -236,7 +259,8 @@ def plan_eval(document: dict[str, Any], gpu: bool = True) -> StagePlan:
     return _forward_plan("eval", document["models"][role], document["name"], tokens, gpu)
 
 
-STAGE_PLANS = {"teacher_logits": plan_teacher, "kd": plan_student, "sft": plan_student, "eval": plan_eval}
+STAGE_PLANS = {"teacher_logits": plan_teacher, "teacher_generation": plan_generation, "kd": plan_student,
+               "sft": plan_student, "eval": plan_eval}
 
 
 def visible_gpu_gib() -> tuple[int, float | None]:
@@ -287,6 +311,10 @@ def advice(document: dict[str, Any], kind: str, plan: StagePlan) -> list[str]:
             half = plan_student(document, batch_size=batch // 2)
             out.append(f"student.batch_size: {batch // 2} with grad_accum x2 (same effective batch; "
                        f"{half.needed_gib:.0f} GiB)")
+    if kind == "teacher_generation" and Settings.of(document).teacher.batch_size > 1:
+        batch = Settings.of(document).teacher.batch_size
+        half_doc = {**document, "teacher": {**(document.get("teacher") or {}), "batch_size": batch // 2}}
+        out.append(f"teacher.batch_size: {batch // 2} ({plan_generation(half_doc).needed_gib:.0f} GiB)")
     states = sum(v for k, v in plan.parts.items() if k.split(" ")[0] in ("weights", "gradients", "optimizer"))
     transient = plan.needed_gib - states / GIB
     if plan.device_gib > transient:

@@ -15,7 +15,13 @@ from typing import Any
 
 from distill_kit._io import atomic_write_text
 from distill_kit.rehearsal.settings import RehearsalSettings
-from distill_kit.rehearsal.shapes import TokenizerShape, length_distribution, model_config, tokenizer_shape
+from distill_kit.rehearsal.shapes import (
+    LengthDistribution,
+    TokenizerShape,
+    length_distribution,
+    model_config,
+    tokenizer_shape,
+)
 from distill_kit.rehearsal.streams import token_streams
 from distill_kit.training.data import Example
 
@@ -75,11 +81,16 @@ def _real_tokenizer(document: dict[str, Any]) -> Any | None:
     return load_tokenizer(asset_path(ref, document["name"]))
 
 
+def train_lengths(document: dict[str, Any], max_seq_len: int) -> LengthDistribution:
+    """``data.train``'s length distribution (a hub dataset's published shape, or the kit's own data's lengths)."""
+    train = document["data"]["train"]
+    return length_distribution(train, document["name"], _real_tokenizer(document), max_seq_len)
+
+
 def train_streams(document: dict[str, Any], tokenizer: SyntheticTokenizer, max_seq_len: int, budget_tokens: int,
                   count_targets: bool = False) -> list[Example]:
     """Random token streams of ``data.train``'s length distribution up to a token budget."""
-    train = document["data"]["train"]
-    lengths = length_distribution(train, document["name"], _real_tokenizer(document), max_seq_len)
+    lengths = train_lengths(document, max_seq_len)
     settings = RehearsalSettings.from_document(document)
     return token_streams(lengths, tokenizer.vocab_size, max_seq_len, budget_tokens, settings.seed, count_targets,
                          (tokenizer.pad_token_id, tokenizer.eos_token_id))

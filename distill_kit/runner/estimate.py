@@ -5,8 +5,10 @@ compilation, allocator growth, clocks) and its steady state, cut into ``WINDOWS`
 throughput (tokens/s) and an energy per token (its mean power over its tokens/s); their pooled values are the
 stage's steady rates and their extremes the interval. What the stage spent outside its steady rate (set-up,
 warm-up, saving) is a fixed cost. The full run's stage then takes ``fixed + N / rate`` seconds and
-``fixed_J + N * J/token`` joules for its full token count N. Prerun and evaluation are taken as rehearsed (the
-prerun scaled to the manifest's idle and burn-in seconds; evaluation = forward passes, a lower bound).
+``fixed_J + N * J/token`` joules for its full token count N. The teacher's generation (synthetic-data SFT) is
+timed the same way, its items being decoded batches and its tokens generated tokens. Prerun and evaluation are
+taken as rehearsed (the prerun scaled to the manifest's idle and burn-in seconds; evaluation = forward passes, a
+lower bound).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from distill_kit.runner.timing import Loop, TimingProgress
 
 WARMUP_FRACTION = 0.2
 WINDOWS = 4
-LOOPS = {"teacher_logits": "teacher:", "kd": "training", "sft": "training"}
+LOOPS = {"teacher_logits": "teacher:", "teacher_generation": "teacher:", "kd": "training", "sft": "training"}
 
 
 @dataclass
@@ -215,32 +217,61 @@ def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePre
 SCALING_EFFICIENCY = 0.95  # per GPU added, data parallel: 1.89-1.94x on 2 H200s (shared FIELD_NOTES, 1.2B shape)
 # about a minute a stage on one H200 at kd_32b_1b's shapes; the student's steps vary with their sequences' lengths,
 # so fewer than ~20 steady steps gave windows 2x apart (benchmarks/results/estimate_kd_32b_1b.json at 300k)
-DEFAULT_CALIBRATION = {"teacher_tokens": 400_000, "student_tokens": 400_000, "eval_tokens": 8192}
+DEFAULT_CALIBRATION = {"teacher_tokens": 400_000, "student_tokens": 400_000, "eval_tokens": 8192}  # KD
 CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tokens": 1024}
+# Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be ~440 batches of a
+# 32B teacher decoding at sft_32b_1b's batch of 4 (hours). A batch decodes as long as its longest drawn answer:
+# under tulu-3's assumed shape (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with
+# probability ~0.25, so two batches in three run the longest answer there is, 614 steps. At a rough 25-35 ms a step
+# for a 32B in bf16 with Hugging Face generate on one H200 (memory-bound: 64 GB of weights read per step at ~4.8
+# TB/s is 13 ms, plus eager overhead), a batch takes ~15-20 s. 6 batches leave, after the warm-up batch (the first
+# mark) and the dropped last mark, 3 batches (~1 min) of steady decoding, one per window (_windows below), and the
+# stage under 2 minutes, so gpu_suite.sh's 300 s per estimate still holds the student and eval. An explicit
+# teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
+GENERATION_CALIBRATION_BATCHES = 6
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
 
 def full_tokens(document: dict[str, Any]) -> dict[str, int | None]:
     """The full run's tokens per stage kind: teacher forward tokens = rows x mean length (cut at the teacher's
-    sequence length); trained tokens = the student's token budget, else epochs x rows x mean length x loss share."""
-    from distill_kit.rehearsal.shapes import length_distribution
-    from distill_kit.rehearsal.substitute import _real_tokenizer
+    sequence length); generated tokens = rows x samples x mean answer (the answer share of the lengths, cut at
+    max_new_tokens); trained tokens = the student's token budget, else epochs x rows x mean length x loss share,
+    or in the sft pipeline epochs x the generated tokens (the loss is on the teacher's answers)."""
+    from distill_kit.rehearsal.generation import mean_answer_tokens
+    from distill_kit.rehearsal.substitute import train_lengths
 
     train = document["data"].get("train")
     if train is None:
         return {}
-    tokenizer = _real_tokenizer(document)
     settings = Settings.of(document)
     teacher_len = settings.teacher.max_seq_len
     student_len = settings.student.max_seq_len
-    lengths = length_distribution(train, document["name"], tokenizer, teacher_len)
+    lengths = train_lengths(document, teacher_len)
     rows = min(x for x in (train.get("max_examples"), lengths.rows) if x) if (train.get("max_examples")
                                                                              or lengths.rows) else None
     teacher = int(rows * lengths.mean_length(teacher_len)) if rows else None
+    generation = settings.teacher.generation
+    answer = mean_answer_tokens(lengths, teacher_len, generation.max_new_tokens)
+    generated = int(rows * generation.num_samples * answer) if rows else None
     trained = settings.student.token_budget
     if trained is None and rows and settings.student.epochs:
-        trained = int(float(settings.student.epochs) * rows * lengths.mean_length(student_len) * lengths.target_share)
-    return {"teacher_logits": teacher, "kd": trained, "sft": trained}
+        per_epoch = (generated if document["pipeline"] == "sft" and generated is not None
+                     else rows * lengths.mean_length(student_len) * lengths.target_share)
+        trained = int(float(settings.student.epochs) * per_epoch)
+    return {"teacher_logits": teacher, "teacher_generation": generated, "kd": trained, "sft": trained}
+
+
+def calibration_caps(document: dict[str, Any], caps: dict[str, int]) -> dict[str, int]:
+    """The calibration's caps; a generating teacher's prompt tokens are ``GENERATION_CALIBRATION_BATCHES``
+    batches of the data's mean prompt."""
+    if document["pipeline"] != "sft" or document["data"].get("train") is None:
+        return caps
+    from distill_kit.rehearsal.generation import mean_prompt_tokens
+    from distill_kit.rehearsal.substitute import train_lengths
+
+    teacher = Settings.of(document).teacher
+    prompt = mean_prompt_tokens(train_lengths(document, teacher.max_seq_len), teacher.max_seq_len)
+    return {**caps, "teacher_tokens": max(1, round(GENERATION_CALIBRATION_BATCHES * teacher.batch_size * prompt))}
 
 
 @dataclass
@@ -327,7 +358,7 @@ def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = 
     from distill_kit.runner.rehearse import rehearse
 
     document = load_manifest(manifest, overrides or []).document  # the run as it will be, not the calibration
-    default = DEFAULT_CALIBRATION if torch.cuda.is_available() else CPU_CALIBRATION
+    default = calibration_caps(document, DEFAULT_CALIBRATION if torch.cuda.is_available() else CPU_CALIBRATION)
     rehearsed = rehearse(manifest, run_dir, {**default, **(caps or {})}, [*CALIBRATION_PRERUN, *(overrides or [])],
                          progress)
     full = {**full_tokens(document), **{k: v for k, v in (tokens or {}).items() if v is not None}}

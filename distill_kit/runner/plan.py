@@ -27,7 +27,7 @@ STAGE_CLASSES = {
 # A rehearsal (manifest ``rehearsal.enabled``) swaps these stage classes for its own; the others substitute weights
 # and data themselves (distill_kit.rehearsal.substitute).
 REHEARSAL_CLASSES = {"eval": "rehearsal_eval"}
-REHEARSABLE = ("kd", "baseline_sft", "eval_only")
+REHEARSABLE = ("kd", "sft", "baseline_sft", "eval_only")
 
 @dataclass(frozen=True)
 class PlannedStage:

@@ -14,7 +14,11 @@ T = TypeVar("T")
 
 
 def item_tokens(item: Any) -> int | None:
-    """Tokens of a teacher item ``(sequences, error)``; None for items that do not carry them (training steps)."""
+    """Tokens of a teacher item: ``(sequences, error)`` of KD caching (forward tokens), a generation batch (its
+    ``generated_tokens``); None for items that do not carry them (training steps)."""
+    generated = getattr(item, "generated_tokens", None)
+    if isinstance(generated, int):
+        return generated
     if isinstance(item, tuple) and item and isinstance(item[0], list):
         return int(sum(len(s.tokens) for s in item[0] if hasattr(s, "tokens")))
     return None

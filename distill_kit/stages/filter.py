@@ -3,19 +3,23 @@
 Reads ``stages/teacher/generations`` (every shard's sha256 checked); applies ``generation.filters`` in its fixed
 order (length, answer, exact dedup, near dedup) and writes ``data/kept.jsonl`` (the surviving records, in order)
 and ``data/dropped.jsonl`` (which filter dropped which sample, and why). Each filter's input/kept/dropped counts
-go into the summary. Quick and deterministic: a killed filter stage simply runs again. Tokens counted: the
-generated tokens of the samples examined.
+go into the summary. In a rehearsal the answer check is skipped (random answers have nothing to check; the
+completions' text is their token ids, so the length and dedup filters run as in a real run). Quick and
+deterministic: a killed filter stage simply runs again. Tokens counted: the generated tokens of the samples
+examined.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from distill_kit import rundir_layout as layout
 from distill_kit._io import atomic_write_text, sha256_file
 from distill_kit.generation.filters import FilterSettings, apply_filters
 from distill_kit.generation.shards import read_generations
+from distill_kit.rehearsal import is_rehearsal
+from distill_kit.rehearsal.substitute import rehearsal_record
 from distill_kit.stages.base import StageContext, StageResult
 
 KEPT_FILE = "data/kept.jsonl"
@@ -28,6 +32,11 @@ class FilterStage:
     def setup(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.settings = FilterSettings.from_settings(ctx.manifest.settings.teacher)
+        self.rehearsal = is_rehearsal(ctx.manifest.document)
+        if self.rehearsal and self.settings.answer_check != "none":
+            ctx.progress.log(f"filter: rehearsal: answer check '{self.settings.answer_check}' skipped (random "
+                             "answers)")
+            self.settings = replace(self.settings, answer_check="none")
         self.index, self.records = read_generations(ctx.output_of("teacher") / layout.GENERATIONS)
 
     def run(self) -> StageResult:
@@ -50,6 +59,9 @@ class FilterStage:
             "kept": {"path": KEPT_FILE, "sha256": sha256_file(kept_path)},
             "dropped": {"path": DROPPED_FILE},
             "generations_shard_sha256": [s.sha256 for s in self.index.shards],
+            **({"rehearsal": {**rehearsal_record(self.ctx.manifest.document),
+                              "answer_check": "skipped: random answers have nothing to check"}}
+               if self.rehearsal else {}),
         })
 
     def cleanup(self) -> None:

@@ -18,6 +18,7 @@ from distill_kit._io import sha256_file
 from distill_kit.assets.resolve import asset_path, tokenizer_path
 from distill_kit.generation.shards import GenerationRecord
 from distill_kit.rehearsal import RehearsalSettings, is_rehearsal
+from distill_kit.rehearsal.generation import answer_examples
 from distill_kit.rehearsal.substitute import random_model, rehearsal_record, synthetic_tokenizer, train_streams
 from distill_kit.stages.base import StageContext, StageResult
 from distill_kit.stages.filter import KEPT_FILE
@@ -29,13 +30,17 @@ from distill_kit.training.threads import limit_cpu_threads
 from distill_kit.training.trainer import TrainConfig
 
 
-def generated_conversations(kept: Path) -> list[preprocess.Conversation]:
-    """The filter stage's kept samples as conversations: prompt + the teacher's answer (stripped)."""
+def read_records(kept: Path) -> list[GenerationRecord]:
+    """The filter stage's kept samples."""
     import json
 
+    return [GenerationRecord(**json.loads(line)) for line in kept.read_text(encoding="utf-8").splitlines() if line]
+
+
+def generated_conversations(kept: Path) -> list[preprocess.Conversation]:
+    """The filter stage's kept samples as conversations: prompt + the teacher's answer (stripped)."""
     rows = []
-    for i, line in enumerate(kept.read_text(encoding="utf-8").splitlines()):
-        record = GenerationRecord(**json.loads(line))
+    for i, record in enumerate(read_records(kept)):
         answer = {"role": "assistant", "content": record.completion.strip()}
         rows.append(preprocess.Conversation(record.messages + [answer], i, record.id, record.reference))
     return rows
@@ -51,7 +56,7 @@ class SFTStage:
         student = ctx.manifest.settings.student
         self.max_seq_len = student.max_seq_len
         self.packing = student.packing
-        if is_rehearsal(doc):  # baseline_sft only (plan.REHEARSABLE): random weights, random token streams
+        if is_rehearsal(doc):  # random weights; random token streams (baseline_sft) or the rehearsed generations
             self._rehearse(doc)
         else:
             self.tokenizer_dir = tokenizer_path(doc)
@@ -68,21 +73,37 @@ class SFTStage:
         self.model = random_model(doc["models"]["student"], doc["name"], self.ctx.device, "fp32", settings.seed)
         self.config = replace(self.config, token_budget=settings.student_tokens, epochs=None)
         train = doc["data"]["train"]
-        examples = train_streams(doc, self.tokenizer, self.max_seq_len, settings.student_tokens, count_targets=True)
+        if doc["pipeline"] == "sft":
+            kept = self._kept()
+            examples = answer_examples(read_records(kept), self.tokenizer.vocab_size, self.max_seq_len,
+                                       settings.seed, self.tokenizer.eos_token_id,
+                                       (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id))
+            dataset, files = f"rehearsal: the teacher's rehearsed generations of {train['id']}'s prompts", [
+                {"name": KEPT_FILE, "sha256": sha256_file(kept)}]
+        else:
+            examples = train_streams(doc, self.tokenizer, self.max_seq_len, settings.student_tokens,
+                                     count_targets=True)
+            dataset, files = f"rehearsal: random token streams of {train['id']}'s lengths", []
+        if not examples:
+            raise ValueError("the filter kept no rehearsed teacher sample to train on (see the filter's summary)")
         report = preprocess.PreprocessReport(
-            format=train.get("format", "prompt_answer"), dataset=f"rehearsal: random token streams of "
-            f"{train['id']}'s lengths", revision=train.get("revision"), split=train.get("split"),
-            subset=train.get("subset"), rows_read=len(examples), rows_kept=len(examples), examples=len(examples),
-            tokens=sum(len(e.tokens) for e in examples), target_tokens=sum(e.target_tokens for e in examples))
+            format=train.get("format", "prompt_answer"), dataset=dataset, revision=train.get("revision"),
+            split=train.get("split"), subset=train.get("subset"), files=files, rows_read=len(examples),
+            rows_kept=len(examples), examples=len(examples), tokens=sum(len(e.tokens) for e in examples),
+            target_tokens=sum(e.target_tokens for e in examples))
         self.processed = preprocess.Processed(examples, [], report)
+
+    def _kept(self) -> Path:
+        kept = self.ctx.output_of("filter") / KEPT_FILE
+        if not kept.exists():
+            raise FileNotFoundError(f"no filtered teacher samples at {kept} (did the filter stage finish?)")
+        return kept
 
     def _data(self, doc: dict[str, Any]) -> preprocess.Processed:
         train = doc["data"]["train"]
         if doc["pipeline"] == "baseline_sft":
             return preprocess.preprocess(train, asset_path(train, doc["name"]), self.tokenizer, self.max_seq_len)
-        kept = self.ctx.output_of("filter") / KEPT_FILE
-        if not kept.exists():
-            raise FileNotFoundError(f"no filtered teacher samples at {kept} (did the filter stage finish?)")
+        kept = self._kept()
         rows = generated_conversations(kept)
         report = preprocess.PreprocessReport(format=train.get("format", "prompt_answer"),
                                              dataset=f"teacher generations of {train['id']}",
