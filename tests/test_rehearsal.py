@@ -43,10 +43,19 @@ def test_a_rehearsal_runs_every_stage_on_random_weights_and_token_streams(rehear
     student = _json(run / "stages" / "student" / "summary.json")
     assert student["tokens"] == 4000 and student["token_kind"] == "trained_tokens"
     evaluation = _json(run / "stages" / "eval" / "summary.json")
-    assert evaluation["token_kind"] == "rehearsal_forward_tokens" and evaluation["outputs"]["forward_only"]
+    assert evaluation["token_kind"] == "rehearsal_forward_tokens" and not evaluation["outputs"]["forward_only"]
     assert evaluation["outputs"]["scores"] == {} and summary["quality"] == {}
-    assert [m["model"] for m in evaluation["outputs"]["models"]] == ["teacher", "student_initial", "student"]
-    assert all(w["label"].startswith("rehearsal-forward/") for w in evaluation["outputs"]["windows"])
+    models = evaluation["outputs"]["models"]
+    assert [m["model"] for m in models] == ["teacher", "student_initial", "student"]
+    labels = [w["label"] for w in evaluation["outputs"]["windows"]]
+    assert labels == [f"rehearsal-{part}/{m}" for m in ("teacher", "student_initial", "student")
+                      for part in ("forward", "decode")]
+    for model in models:  # a decode window per model: eval.batch_size prompts x the fixed new tokens, with energy
+        decode = model["decode"]
+        assert decode["tokens"] == 100 * decode["new_tokens"] and decode["prompts"] == 100
+        assert decode["tokens_per_s"] > 0 and decode["window"] == f"rehearsal-decode/{model['model']}"
+    for window in evaluation["outputs"]["windows"]:
+        assert window["energy"]["cpu"]["energy_j"] > 0 and window["duration_s"] > 0
     resolved = _json(run / "manifest.resolved.json")
     assert resolved["rehearsal"] == {"enabled": True, "teacher_tokens": 4000, "student_tokens": 4000,
                                      "eval_tokens": 256}
