@@ -5,8 +5,8 @@ compilation, allocator growth, clocks) and its steady state, cut into ``WINDOWS`
 throughput (tokens/s) and an energy per token (its mean power over its tokens/s); their pooled values are the
 stage's steady rates and their extremes the interval. What the stage spent outside its steady rate (set-up,
 warm-up, saving) is a fixed cost. The full run's stage then takes ``fixed + N / rate`` seconds and
-``fixed_J + N * J/token`` joules for its full token count N. Prerun and evaluation are taken as rehearsed (the
-prerun scaled to the manifest's idle and burn-in seconds; evaluation = forward passes, a lower bound).
+``fixed_J + N * J/token`` joules for its full token count N. The prerun is scaled to the manifest's idle and
+burn-in seconds; evaluation follows the per-task model of runner/eval_estimate.py.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class StageCalibration:
     wall_s: float
     energy_j: float | None
     windows: list[Window] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # the eval stage's (its forward and decode windows)
 
     @property
     def steady(self) -> bool:
@@ -154,7 +155,8 @@ def calibrations(run_dir: Path, timing: TimingProgress) -> list[StageCalibration
         loop = timing.loop(prefix) if prefix else None
         out.append(StageCalibration(summary["stage"], summary["kind"], summary["token_kind"], summary["tokens"],
                                     summary["wall_time_s"], stage_energy_j(summary),
-                                    _windows(run_dir, summary, loop) if loop else []))
+                                    _windows(run_dir, summary, loop) if loop else [],
+                                    summary["outputs"] if summary["kind"] == "eval" else {}))
     return out
 
 
@@ -172,14 +174,16 @@ class Interval:
 class StagePrediction:
     stage: str
     kind: str
-    tokens: int | None  # the full run's tokens of this stage (None: taken as rehearsed)
+    tokens: int | None  # the full run's tokens of this stage (None: not split over GPUs: prerun, eval)
     seconds: Interval
     energy_j: Interval | None
     basis: str  # how it was predicted
+    breakdown: dict[str, Any] | None = None  # eval: per (model, task)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "kind": self.kind, "tokens": self.tokens, "seconds": asdict(self.seconds),
-                "energy_j": asdict(self.energy_j) if self.energy_j else None, "basis": self.basis}
+        out = {"stage": self.stage, "kind": self.kind, "tokens": self.tokens, "seconds": asdict(self.seconds),
+               "energy_j": asdict(self.energy_j) if self.energy_j else None, "basis": self.basis}
+        return {**out, "eval": self.breakdown} if self.breakdown is not None else out
 
 
 def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePrediction:
@@ -305,15 +309,16 @@ def _prerun(calibration: StageCalibration, document: dict[str, Any]) -> StagePre
 
 def predict(document: dict[str, Any], calibration: list[StageCalibration], gpus: int, country: str,
             tokens: dict[str, int | None]) -> Estimate:
+    from distill_kit.runner.eval_estimate import predict_eval
+
     stages = []
     for c in calibration:
         if c.kind == "prerun":
             stages.append(_prerun(c, document))
+        elif c.kind == "eval":
+            stages.append(predict_eval(c, document))
         else:
-            prediction = predict_stage(c, tokens.get(c.kind))
-            if c.kind == "eval":
-                prediction.basis = "as rehearsed: forward passes over rehearsal.eval_tokens per model (a lower bound)"
-            stages.append(prediction)
+            stages.append(predict_stage(c, tokens.get(c.kind)))
     return Estimate(document["name"], gpus, country, carbon_intensity(country), stages, calibration, tokens)
 
 
