@@ -322,7 +322,20 @@ def test_estimate_predicts_the_full_run_from_a_short_calibration(tmp_path):
         assert 0 < seconds["low"] <= seconds["mid"] <= seconds["high"]
         assert stages[stage]["seconds"]["mid"] > next(c for c in report["calibration"] if c["stage"] == stage)[
             "wall_s"] * 0.5
-    assert stages["eval"]["basis"].startswith("as rehearsed: forward passes")
+    evaluation = stages["eval"]
+    assert evaluation["basis"].startswith("per-task model: 12 (model, task) pairs")
+    assert "eval.data is fixtures" in evaluation["basis"]
+    rows = {(r["model"], r["task"]): r for r in evaluation["eval"]["tasks"]}
+    assert set(rows) == {(m, t) for m in ("teacher", "student_initial", "student")
+                         for t in ("tiny_task", "gsm8k", "mmlu", "ifeval")}
+    assert rows[("student", "mmlu")]["samples"] == 14042 and rows[("student", "mmlu")]["generated_tokens"] == 0
+    rates = evaluation["eval"]["rates"]
+    for (model, task), row in rows.items():  # generation counted at the measured decode rate, above prefill alone
+        prefill_only = row["prefill_tokens"] / rates[model]["prefill_tokens_per_s"]
+        assert row["seconds"]["mid"] >= prefill_only and (task == "mmlu" or row["seconds"]["mid"] > prefill_only)
+        assert 0 < row["energy_j"]["mid"] <= row["energy_j"]["high"]
+    rehearsed_eval = next(c for c in report["calibration"] if c["stage"] == "eval")
+    assert evaluation["seconds"]["mid"] > 10 * rehearsed_eval["wall_s"]  # was taken as rehearsed (forward-only)
     assert stages["prerun"]["seconds"]["mid"] == 1.0  # the manifest's idle + burn-in, not the calibration's
     kwh = report["totals"]["energy_kwh"]
     assert 0 < kwh["low"] <= kwh["mid"] <= kwh["high"]

@@ -42,7 +42,7 @@ def _tiny_task_figures() -> dict[str, Any]:
     return {"kind": "generate_until", "num_fewshot": 0, "prompt_tokens": prompt, "prompt_tokens_source": source,
             "shot_tokens": 0, "forwards_per_sample": 1, "generated_tokens": min(answer, DEFAULT_MAX_NEW_TOKENS),
             "generated_tokens_source": f"{source} (answer + EOS, greedy)", "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
-            "limit_groups": 1, "judge": None}
+            "eval_max_new_tokens_applies": True, "limit_groups": 1, "judge": None}
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,9 @@ def task_load(task: str, settings: Settings) -> TaskLoad | str:
         samples = min(samples, settings.eval.limit * int(figures["limit_groups"]))
     shots = settings.eval.num_fewshot.get(task, figures["num_fewshot"])
     requests = samples * float(figures["forwards_per_sample"])
-    cap = float(settings.eval.max_new_tokens or figures["max_new_tokens"]) if figures["max_new_tokens"] else 0.0
+    cap = float(figures["max_new_tokens"])
+    if figures.get("eval_max_new_tokens_applies") and settings.eval.max_new_tokens:  # lm-eval tasks keep theirs
+        cap = float(settings.eval.max_new_tokens)
     return TaskLoad(task, samples, requests * (figures["prompt_tokens"] + shots * figures["shot_tokens"]),
                     requests * min(float(figures["generated_tokens"]), cap), requests * cap, figures["judge"])
 
