@@ -43,10 +43,19 @@ def test_a_rehearsal_runs_every_stage_on_random_weights_and_token_streams(rehear
     student = _json(run / "stages" / "student" / "summary.json")
     assert student["tokens"] == 4000 and student["token_kind"] == "trained_tokens"
     evaluation = _json(run / "stages" / "eval" / "summary.json")
-    assert evaluation["token_kind"] == "rehearsal_forward_tokens" and evaluation["outputs"]["forward_only"]
+    assert evaluation["token_kind"] == "rehearsal_forward_tokens" and not evaluation["outputs"]["forward_only"]
     assert evaluation["outputs"]["scores"] == {} and summary["quality"] == {}
-    assert [m["model"] for m in evaluation["outputs"]["models"]] == ["teacher", "student_initial", "student"]
-    assert all(w["label"].startswith("rehearsal-forward/") for w in evaluation["outputs"]["windows"])
+    models = evaluation["outputs"]["models"]
+    assert [m["model"] for m in models] == ["teacher", "student_initial", "student"]
+    labels = [w["label"] for w in evaluation["outputs"]["windows"]]
+    assert labels == [f"rehearsal-{part}/{m}" for m in ("teacher", "student_initial", "student")
+                      for part in ("forward", "decode")]
+    for model in models:  # a decode window per model: eval.batch_size prompts x the fixed new tokens, with energy
+        decode = model["decode"]
+        assert decode["tokens"] == 100 * decode["new_tokens"] and decode["prompts"] == 100
+        assert decode["tokens_per_s"] > 0 and decode["window"] == f"rehearsal-decode/{model['model']}"
+    for window in evaluation["outputs"]["windows"]:
+        assert window["energy"]["cpu"]["energy_j"] > 0 and window["duration_s"] > 0
     resolved = _json(run / "manifest.resolved.json")
     assert resolved["rehearsal"] == {"enabled": True, "teacher_tokens": 4000, "student_tokens": 4000,
                                      "eval_tokens": 256}
@@ -314,7 +323,20 @@ def test_estimate_predicts_the_full_run_from_a_short_calibration(tmp_path):
         assert 0 < seconds["low"] <= seconds["mid"] <= seconds["high"]
         assert stages[stage]["seconds"]["mid"] > next(c for c in report["calibration"] if c["stage"] == stage)[
             "wall_s"] * 0.5
-    assert stages["eval"]["basis"].startswith("as rehearsed: forward passes")
+    evaluation = stages["eval"]
+    assert evaluation["basis"].startswith("per-task model: 12 (model, task) pairs")
+    assert "eval.data is fixtures" in evaluation["basis"]
+    rows = {(r["model"], r["task"]): r for r in evaluation["eval"]["tasks"]}
+    assert set(rows) == {(m, t) for m in ("teacher", "student_initial", "student")
+                         for t in ("tiny_task", "gsm8k", "mmlu", "ifeval")}
+    assert rows[("student", "mmlu")]["samples"] == 14042 and rows[("student", "mmlu")]["generated_tokens"] == 0
+    rates = evaluation["eval"]["rates"]
+    for (model, task), row in rows.items():  # generation counted at the measured decode rate, above prefill alone
+        prefill_only = row["prefill_tokens"] / rates[model]["prefill_tokens_per_s"]
+        assert row["seconds"]["mid"] >= prefill_only and (task == "mmlu" or row["seconds"]["mid"] > prefill_only)
+        assert 0 < row["energy_j"]["mid"] <= row["energy_j"]["high"]
+    rehearsed_eval = next(c for c in report["calibration"] if c["stage"] == "eval")
+    assert evaluation["seconds"]["mid"] > 10 * rehearsed_eval["wall_s"]  # was taken as rehearsed (forward-only)
     assert stages["prerun"]["seconds"]["mid"] == 1.0  # the manifest's idle + burn-in, not the calibration's
     kwh = report["totals"]["energy_kwh"]
     assert 0 < kwh["low"] <= kwh["mid"] <= kwh["high"]

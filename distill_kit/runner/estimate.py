@@ -6,9 +6,8 @@ throughput (tokens/s) and an energy per token (its mean power over its tokens/s)
 stage's steady rates and their extremes the interval. What the stage spent outside its steady rate (set-up,
 warm-up, saving) is a fixed cost. The full run's stage then takes ``fixed + N / rate`` seconds and
 ``fixed_J + N * J/token`` joules for its full token count N. The teacher's generation (synthetic-data SFT) is
-timed the same way, its items being decoded batches and its tokens generated tokens. Prerun and evaluation are
-taken as rehearsed (the prerun scaled to the manifest's idle and burn-in seconds; evaluation = forward passes, a
-lower bound).
+timed the same way, its items being decoded batches and its tokens generated tokens. The prerun is scaled to the
+manifest's idle and burn-in seconds; evaluation follows the per-task model of runner/eval_estimate.py.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 from distill_kit import rundir_layout as layout
 from distill_kit._io import read_json
 from distill_kit.manifest.settings import Settings
+from distill_kit.runner.predictions import Interval, StagePrediction, stage_energy_j
 from distill_kit.runner.timing import Loop, TimingProgress
 
 WARMUP_FRACTION = 0.2
@@ -51,6 +51,7 @@ class StageCalibration:
     wall_s: float
     energy_j: float | None
     windows: list[Window] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)  # the eval stage's (its forward and decode windows)
 
     @property
     def steady(self) -> bool:
@@ -138,11 +139,6 @@ def _windows(run_dir: Path, summary: dict[str, Any], loop: Loop) -> list[Window]
     return out
 
 
-def stage_energy_j(summary: dict[str, Any]) -> float | None:
-    values = [f["energy_j"] for f in summary["energy"].values() if f.get("energy_j") is not None]
-    return sum(values) if values else None
-
-
 def calibrations(run_dir: Path, timing: TimingProgress) -> list[StageCalibration]:
     """Each stage of a finished rehearsal, with the steady windows of its main loop."""
     if (run_dir / layout.SUMMARY).exists():
@@ -156,32 +152,9 @@ def calibrations(run_dir: Path, timing: TimingProgress) -> list[StageCalibration
         loop = timing.loop(prefix) if prefix else None
         out.append(StageCalibration(summary["stage"], summary["kind"], summary["token_kind"], summary["tokens"],
                                     summary["wall_time_s"], stage_energy_j(summary),
-                                    _windows(run_dir, summary, loop) if loop else []))
+                                    _windows(run_dir, summary, loop) if loop else [],
+                                    summary["outputs"] if summary["kind"] == "eval" else {}))
     return out
-
-
-@dataclass
-class Interval:
-    low: float
-    mid: float
-    high: float
-
-    def scaled(self, factor: float) -> Interval:
-        return Interval(self.low * factor, self.mid * factor, self.high * factor)
-
-
-@dataclass
-class StagePrediction:
-    stage: str
-    kind: str
-    tokens: int | None  # the full run's tokens of this stage (None: taken as rehearsed)
-    seconds: Interval
-    energy_j: Interval | None
-    basis: str  # how it was predicted
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "kind": self.kind, "tokens": self.tokens, "seconds": asdict(self.seconds),
-                "energy_j": asdict(self.energy_j) if self.energy_j else None, "basis": self.basis}
 
 
 def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePrediction:
@@ -191,9 +164,9 @@ def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePre
     if tokens is not None and not (c.steady and c.tokens_per_s) and c.tokens > 0 and c.wall_s > 0:
         # too few items for steady windows: the whole stage's average, set-up included, stands for the rate (an
         # overestimate, said so) rather than the stage being taken as rehearsed (a 1000x underestimate)
-        seconds = tokens * c.wall_s / c.tokens
-        energy = Interval(*[tokens * c.energy_j / c.tokens] * 3) if c.energy_j is not None else None
-        return StagePrediction(c.stage, c.kind, tokens, Interval(seconds, seconds, seconds), energy,
+        whole_s = tokens * c.wall_s / c.tokens
+        whole_j = Interval(*[tokens * c.energy_j / c.tokens] * 3) if c.energy_j is not None else None
+        return StagePrediction(c.stage, c.kind, tokens, Interval(whole_s, whole_s, whole_s), whole_j,
                                f"no steady windows (too few items): {tokens:,} tokens at the calibration's whole-stage "
                                f"{c.tokens / c.wall_s:,.0f} tokens/s, set-up included (an overestimate; raise "
                                "--calibration-tokens)")
@@ -336,15 +309,16 @@ def _prerun(calibration: StageCalibration, document: dict[str, Any]) -> StagePre
 
 def predict(document: dict[str, Any], calibration: list[StageCalibration], gpus: int, country: str,
             tokens: dict[str, int | None]) -> Estimate:
+    from distill_kit.runner.eval_estimate import predict_eval
+
     stages = []
     for c in calibration:
         if c.kind == "prerun":
             stages.append(_prerun(c, document))
+        elif c.kind == "eval":
+            stages.append(predict_eval(c, document))
         else:
-            prediction = predict_stage(c, tokens.get(c.kind))
-            if c.kind == "eval":
-                prediction.basis = "as rehearsed: forward passes over rehearsal.eval_tokens per model (a lower bound)"
-            stages.append(prediction)
+            stages.append(predict_stage(c, tokens.get(c.kind)))
     return Estimate(document["name"], gpus, country, carbon_intensity(country), stages, calibration, tokens)
 
 
