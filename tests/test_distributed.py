@@ -20,6 +20,7 @@ from distill_kit.distributed.settings import DistributedSettings
 from distill_kit.distributed.sharding import (
     WINDOW_BATCHES,
     block_of,
+    check_tiling,
     length_grouped_batches,
     plan_cache_shards,
     strided,
@@ -45,6 +46,12 @@ def test_planned_shards_follow_the_writers_rule_and_tile_the_data():
     assert [s.number for s in blocks[0]] == [0, 1] and [s.number for s in blocks[1]] == [2]
     assert block_of(shards, 3, 4) == []  # more ranks than shards: a rank may have nothing to write
     assert strided(list(range(6)), 1, 2) == [1, 3, 5]
+    spans = [(f"shard-{s.number}", s.first_sequence, s.end_sequence - s.first_sequence) for s in shards]
+    check_tiling(spans, len(lengths), "logit cache", "sequence")  # the planned shards tile the data
+    with pytest.raises(RuntimeError, match="shard-2 starts at sequence 4, expected 2: the ranks' parts do not tile"):
+        check_tiling([spans[0], spans[2]], len(lengths), "logit cache", "sequence")  # a rank's part lost
+    with pytest.raises(RuntimeError, match="the ranks' logit cache shards hold 4 sequences of 7"):
+        check_tiling(spans[:2], len(lengths), "logit cache", "sequence")
 
 
 def test_length_grouped_batches_fit_the_budget_and_do_not_depend_on_where_they_start():

@@ -41,6 +41,19 @@ def plan_cache_shards(lengths: Sequence[int], shard_tokens: int) -> list[Planned
     return shards
 
 
+def check_tiling(spans: Sequence[tuple[str, int, int]], total: int, what: str, unit: str) -> None:
+    """Ranks' shards, as ``(file, first item, items)`` in order, must tile items ``[0, total)`` exactly (the merge of
+    a spread stage's parts); otherwise a RuntimeError saying where they do not."""
+    expected = 0
+    for file, first, count in spans:
+        if first != expected:
+            raise RuntimeError(f"{what} shard {file} starts at {unit} {first}, expected {expected}: the ranks' parts "
+                               f"do not tile the {unit}s")
+        expected += count
+    if expected != total:
+        raise RuntimeError(f"the ranks' {what} shards hold {expected} {unit}s of {total}")
+
+
 def block_of(items: Sequence[T], rank: int, world: int) -> list[T]:
     """Rank ``rank``'s contiguous block of ``items`` (the first ``len % world`` ranks take one more)."""
     base, extra = divmod(len(items), world)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from distill_kit._io import sha256_file
 from distill_kit.distributed.rank import RankInfo
-from distill_kit.distributed.sharding import PlannedShard, block_of, plan_cache_shards
+from distill_kit.distributed.sharding import PlannedShard, block_of, check_tiling, plan_cache_shards
 from distill_kit.logits.cache import INDEX_FILE, CacheIndex, CacheWriter
 
 
@@ -66,14 +66,7 @@ def merge_parts(folder: Path, world: int, sequences: int) -> CacheIndex:
     if incomplete:
         raise RuntimeError(f"logit cache parts of ranks {incomplete} are incomplete: their ranks did not finish")
     shards = sorted((s for part in parts for s in part.shards), key=lambda s: s.file)
-    expected = 0
-    for shard in shards:
-        if shard.first_sequence != expected:
-            raise RuntimeError(f"logit cache shard {shard.file} starts at sequence {shard.first_sequence}, "
-                               f"expected {expected}: the ranks' parts do not tile the data")
-        expected += shard.sequences
-    if expected != sequences:
-        raise RuntimeError(f"the ranks cached {expected} sequences of {sequences}")
+    check_tiling([(s.file, s.first_sequence, s.sequences) for s in shards], sequences, "logit cache", "sequence")
     merged = dataclasses.replace(parts[0], shards=shards, complete=True,
                                  max_abs_logprob_error=max(p.max_abs_logprob_error for p in parts))
     merged.save(folder, INDEX_FILE)

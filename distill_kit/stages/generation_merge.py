@@ -14,7 +14,7 @@ from typing import Any
 
 from distill_kit._io import sha256_file
 from distill_kit.distributed.rank import RankInfo
-from distill_kit.distributed.sharding import block_of
+from distill_kit.distributed.sharding import block_of, check_tiling
 from distill_kit.generation.shards import (
     INDEX_FILE,
     GenerationIndex,
@@ -75,14 +75,7 @@ def merge_generation_parts(folder: Path, world: int, prompts: int) -> Generation
     if not all(p.complete for p in parts):
         raise RuntimeError("generation parts of some ranks are incomplete: their ranks did not finish")
     shards = sorted((s for p in parts for s in p.shards), key=lambda s: s.first_prompt)
-    expected = 0
-    for shard in shards:
-        if shard.first_prompt != expected:
-            raise RuntimeError(f"generation shard {shard.file} starts at prompt {shard.first_prompt}, expected "
-                               f"{expected}: the ranks' parts do not tile the prompts")
-        expected += shard.prompts
-    if expected != prompts:
-        raise RuntimeError(f"the ranks generated for {expected} prompts of {prompts}")
+    check_tiling([(s.file, s.first_prompt, s.prompts) for s in shards], prompts, "generation", "prompt")
     merged = dataclasses.replace(parts[0], shards=shards, complete=True)
     merged.save(folder, INDEX_FILE)
     listed = {s.file for s in shards}

@@ -79,7 +79,10 @@ class TeacherLogitsStage:
         start = self.writer.sequences_done
         end = getattr(self.writer, "end_sequence", len(self.examples))  # a rank's block ends before the data's
         lengths = [len(e.tokens) for e in self.examples]
-        plan = lambda: length_grouped_batches(lengths, start, end, self.batch_size, self.max_len)  # noqa: E731
+
+        def plan() -> Iterator[list[int]]:  # twice: once to count the batches for the progress bar
+            return length_grouped_batches(lengths, start, end, self.batch_size, self.max_len)
+
         if start and not self.rank.spread:
             self.ctx.progress.log(f"teacher: resuming after {start} cached sequences")
         positions: deque[list[int]] = deque()  # the batches handed to the GPU and not yet back
