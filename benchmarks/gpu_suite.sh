@@ -42,8 +42,15 @@ if [[ $part == session-b ]]; then
   unset TORCH_LOGS TORCH_LOGS_OUT
 fi
 if [[ $part == estimates ]]; then
+  # The 13B students do not fit one H200 without activation checkpointing (benchmarks/results/student_13b.json);
+  # their trained-token calibration is halved (200k, ~8 optimizer steps) to keep a 13B estimate near 5 minutes.
+  extra() { case $1 in *_13b) echo "--set student.activation_checkpointing=true --set rehearsal.student_tokens=200000";; esac; }
+  df -h /tmp | tail -1
   for m in ${ESTIMATES:-kd_32b_1b kd_32b_7b kd_32b_13b sft_32b_1b sft_32b_7b sft_32b_13b baseline_sft_1b baseline_sft_7b baseline_sft_13b eval_olmo2_1b}; do
     echo "[$(date +%T)] estimate $m"
-    timeout "${ESTIMATE_TIMEOUT:-300}" python -m distill_kit estimate "$m" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+    read -ra args <<< "$(extra "$m")"
+    timeout "${ESTIMATE_TIMEOUT:-300}" python -m distill_kit estimate "$m" "${args[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+    python -m benchmarks.stamp_estimate "$out/estimate_$m.json" distill-kit estimate "$m" "${args[@]}"
   done
+  echo "[$(date +%T)] estimates done"
 fi
