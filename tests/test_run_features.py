@@ -277,6 +277,24 @@ def test_preflight_refuses_a_run_dir_without_room_for_its_outputs(tmp_path, monk
         require_preflight(manifest, tmp_path / "run", plan(manifest))
 
 
+def test_a_rehearsal_counts_only_the_step_checkpoints_its_token_cap_reaches():
+    """A 7B calibration (400k trained tokens, ~17 optimizer steps) writes its final save only; 40M tokens reach
+    checkpoint_every_steps and keep the last two (the device refused a 7B estimate for 91 GiB it never wrote)."""
+    from distill_kit.runner.preflight import disk_estimate
+    from distill_kit.runner.rehearse import rehearsal_manifest
+
+    def parts(student_tokens: int) -> dict[str, int]:
+        manifest = rehearsal_manifest("kd_32b_7b", {"student_tokens": student_tokens}, [])
+        return disk_estimate(manifest.document, ["teacher", "student"], manifest.source)
+
+    short, long_ = parts(400_000), parts(40_000_000)
+    assert list(short) == ["student checkpoints (0 + final)"]
+    assert list(long_) == ["student checkpoints (last two + final)"]
+    params = 7e9  # the manifest's params_b; Adafactor: 4 + 1 bytes a parameter per step checkpoint, 4 the final
+    assert short["student checkpoints (0 + final)"] == int(params * 4)
+    assert long_["student checkpoints (last two + final)"] == int(params * (2 * 5 + 4))
+
+
 # -- 5. --resume with a changed manifest -----------------------------------------------------------------------
 SLOW_PRERUN = ["--set", "energy.prerun=true", "--set", "energy.idle_seconds=10", "--set",
                "energy.sample_interval_ms=200"]

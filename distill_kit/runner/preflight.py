@@ -197,8 +197,32 @@ def disk_estimate(doc: dict[str, Any], stages: list[str], manifest: str) -> dict
     if params:
         optimizer = ((doc.get("student") or {}).get("optimizer") or {}).get("name", "adamw")
         state = 8 if optimizer.startswith("adam") and optimizer != "adafactor" else 1
-        parts["student checkpoints (last two + final)"] = int(params * (2 * (4 + state) + 4))
+        kept = _intermediate_checkpoints(doc)
+        label = "student checkpoints (last two + final)" if kept == 2 else f"student checkpoints ({kept} + final)"
+        parts[label] = int(params * (kept * (4 + state) + 4))
     return parts
+
+
+def _intermediate_checkpoints(doc: dict[str, Any]) -> int:
+    """Step checkpoints the student stage keeps on disk (the trainer keeps the last two). A rehearsal stops at its
+    trained-token cap (``rehearsal.student_tokens``): it saves one only where twice its expected optimizer steps
+    (cap / (batch x grad_accum x mean trained tokens per sequence), twice for the lengths' spread) reach
+    ``checkpoint_every_steps``. Without this a 7B student's 400k-token calibration was refused for 91 GiB of step
+    checkpoints it never writes."""
+    rehearsal = doc.get("rehearsal") or {}
+    if not rehearsal.get("enabled") or (doc.get("data") or {}).get("train") is None:
+        return 2
+    from distill_kit.manifest.settings import Settings
+    from distill_kit.rehearsal.substitute import train_lengths
+
+    student = Settings.of(doc).student
+    try:
+        lengths = train_lengths(doc, student.max_seq_len)
+    except DistillKitError:  # the data's shape is unknown: count the full two
+        return 2
+    per_step = student.batch_size * student.grad_accum * lengths.mean_length(student.max_seq_len) * lengths.target_share
+    steps = 2 * int(rehearsal.get("student_tokens") or 0) / max(per_step, 1.0)
+    return min(2, int(steps // max(student.checkpoint_every_steps, 1)))
 
 
 def _free_bytes(run_dir: Path) -> tuple[Path, int]:
