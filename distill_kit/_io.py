@@ -159,3 +159,14 @@ def sha256_file(path: Path) -> str:
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def save_model_folder(model: Any, folder: Path | str, state_dict: dict[str, Any] | None = None) -> None:
+    """``model.save_pretrained`` as one ``model.safetensors`` (rundir_layout.WEIGHTS), never sharded: transformers
+    splits a model above 50 GB into ``model-0000N-of-...`` files (a 13B student's fp32 final save is 55 GB: the
+    H200 rehearsal of baseline_sft_13b failed on it), and the run directory's outputs, verify's weights sha256 and
+    ``reproduce`` name one file. The shard limit is set above the weights' own size."""
+    tensors = list(state_dict.values()) if state_dict is not None else [*model.parameters(), *model.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True,
+                          max_shard_size=max(2 * size, 1 << 30))

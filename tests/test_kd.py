@@ -347,3 +347,39 @@ def test_a_teacher_vocabulary_of_another_size_is_refused_unless_mapped(tmp_path)
         teacher_examples(reader, 150, "shared_prefix")
     same, none = teacher_examples(reader, 300, None)
     assert none == 0 and np.array_equal(np.concatenate([e.topk_indices for e in same]), stored)
+
+
+def test_a_model_is_saved_as_one_weights_file_whatever_its_size(tmp_path):
+    """transformers shards a model above its shard limit (50 GB: a 13B student's fp32 final save is 55 GB, and
+    the H200 rehearsal of baseline_sft_13b failed on the missing model.safetensors); the kit's save never does."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from distill_kit._io import save_model_folder
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4))
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size=size // 3)
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()  # above the limit: shards and an index
+
+    limits = []
+    original = model.save_pretrained
+
+    def recording(*args, **kwargs):
+        limits.append(kwargs["max_shard_size"])
+        return original(*args, **kwargs)
+
+    model.save_pretrained = recording
+    save_model_folder(model, tmp_path / "one")
+    save_model_folder(model, tmp_path / "gathered", state_dict=dict(model.state_dict()))
+    assert all(limit >= 2 * size for limit in limits) and len(limits) == 2
+    for folder in ("one", "gathered"):
+        files = sorted(p.name for p in (tmp_path / folder).glob("*.safetensors*"))
+        assert files == ["model.safetensors"]
+        saved = load_file(tmp_path / folder / "model.safetensors")
+        for name, tensor in model.state_dict().items():
+            if name in saved:
+                assert torch.equal(saved[name], tensor)
+        assert {n for n, _ in model.named_parameters()} <= set(saved) | {"lm_head.weight"}

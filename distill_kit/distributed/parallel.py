@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from distill_kit._io import atomic_write_bytes
+from distill_kit._io import atomic_write_bytes, save_model_folder
 from distill_kit.distributed.rank import barrier, current
 
 
@@ -147,5 +147,5 @@ class SpreadModel:
         full = {name: tensor for name, tensor in full.items() if name in named}
         if self.info.main:
             shutil.rmtree(final, ignore_errors=True)
-            self.model.save_pretrained(final, state_dict=full, safe_serialization=True)
+            save_model_folder(self.model, final, state_dict=full)
         barrier()

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from distill_kit._io import atomic_write_json, sha256_file
+from distill_kit._io import atomic_write_json, save_model_folder, sha256_file
 from distill_kit.assets.resolve import CheckpointInvalid, architecture_dir, converted_dir, is_checkpoint
 from distill_kit.errors import AssetMismatch
 
@@ -96,7 +96,7 @@ def convert_checkpoint(ref: dict[str, Any], manifest_name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging.chmod(0o755)
     try:
-        model.save_pretrained(str(staging), safe_serialization=True)
+        save_model_folder(model, staging)
         for item in arch_dir.iterdir():  # tokenizer, generation settings: the folder is usable on its own
             if item.is_file() and item.name not in SKIPPED and not item.name.endswith(WEIGHT_SUFFIXES) \
                     and not (staging / item.name).exists():

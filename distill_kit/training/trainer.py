@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from distill_kit import rundir_layout as layout
-from distill_kit._io import atomic_write_bytes
+from distill_kit._io import atomic_write_bytes, save_model_folder
 from distill_kit._transfers import to_device
 from distill_kit.distributed.rank import all_sum, current
 from distill_kit.distributed.sharding import strided
@@ -511,7 +511,7 @@ class Trainer:
             seconds = max(all_sum([seconds])[0] / self.rank.world, 1e-9)  # the ranks' mean wall time
         else:
             shutil.rmtree(final, ignore_errors=True)
-            self.model.save_pretrained(final, safe_serialization=True)
+            save_model_folder(self.model, final)
         peak, note = peak_flops(self.device)
         tokens_per_s = run["trained"] / seconds if seconds > 0 and run["trained"] else None
         mfu = None
