@@ -49,7 +49,8 @@ if [[ $part == estimates ]]; then
   for m in ${ESTIMATES:-kd_32b_1b kd_32b_7b kd_32b_13b sft_32b_1b sft_32b_7b sft_32b_13b baseline_sft_1b baseline_sft_7b baseline_sft_13b eval_olmo2_1b}; do
     echo "[$(date +%T)] estimate $m"
     read -ra args <<< "$(extra "$m")"
-    timeout "${ESTIMATE_TIMEOUT:-300}" python -m distill_kit estimate "$m" "${args[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+    limit=${ESTIMATE_TIMEOUT:-300}; [[ $m == sft_* && -z ${ESTIMATE_TIMEOUT:-} ]] && limit=480  # generation: >30 s a batch
+    timeout "$limit" python -m distill_kit estimate "$m" "${args[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
     python -m benchmarks.stamp_estimate "$out/estimate_$m.json" distill-kit estimate "$m" "${args[@]}"
   done
   echo "[$(date +%T)] estimates done"

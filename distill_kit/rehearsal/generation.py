@@ -49,6 +49,16 @@ def mean_prompt_tokens(lengths: LengthDistribution, max_seq_len: int) -> float:
     return float(split_lengths(drawn, lengths.target_share)[0].mean())
 
 
+def first_prompts_tokens(lengths: LengthDistribution, max_seq_len: int, count: int, seed: int) -> int:
+    """Prompt tokens of the first ``count`` prompts (at most 1,024) that ``rehearsal_prompts`` draws under ``seed``:
+    as its budget, exactly ``count`` prompts are drawn (the first chunk of lengths is drawn before any ids)."""
+    if not 0 < count <= 1024:
+        raise ValueError(f"count must be 1-1024, not {count}")
+    rng = np.random.default_rng([seed, _STREAM])
+    prompt_lengths, _ = split_lengths(lengths.sample(rng, 1024, max_seq_len), lengths.target_share)
+    return int(prompt_lengths[:count].sum())
+
+
 def rehearsal_prompts(lengths: LengthDistribution, vocab_size: int, max_seq_len: int, max_new_tokens: int,
                       budget_tokens: int, seed: int, special_ids: tuple[int, ...] = ()) -> list[RehearsalPrompt]:
     """Random prompts totalling ``budget_tokens`` prompt tokens, each with its drawn answer length (seeded)."""

@@ -195,12 +195,14 @@ CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tok
 # Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be ~440 batches of a
 # 32B teacher decoding at sft_32b_1b's batch of 4 (hours). A batch decodes as long as its longest drawn answer:
 # under tulu-3's assumed shape (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with
-# probability ~0.25, so two batches in three run the longest answer there is, 614 steps. At a rough 25-35 ms a step
-# for a 32B in bf16 with Hugging Face generate on one H200 (memory-bound: 64 GB of weights read per step at ~4.8
-# TB/s is 13 ms, plus eager overhead), a batch takes ~15-20 s. 6 batches leave, after the warm-up batch (the first
-# mark) and the dropped last mark, 3 batches (~1 min) of steady decoding, one per window (_windows below), and the
-# stage under 2 minutes, so gpu_suite.sh's 300 s per estimate still holds the student and eval. An explicit
-# teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
+# probability ~0.25, so two batches in three run the longest answer there is, 614 steps. Measured on one H200
+# (2026-12-01, 99805ad): sft_32b_1b's calibration of then 31 prompts (8 batches: its cap was 6 batches of the mean
+# prompt, and the first drawn prompts were shorter) had not finished its teacher after ~270 s, so a batch of
+# Hugging Face generate on a random 32B takes over 30 s (over ~50 ms a decode step; the guess had been 15-20 s).
+# The cap is therefore exactly GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the first
+# ones the rehearsal draws): 6 batches leave, after the warm-up batch (the first mark) and the dropped last mark, 3
+# one-batch windows (_windows below). An explicit teacher_tokens cap (--calibration-tokens) overrides it (prompt
+# tokens).
 GENERATION_CALIBRATION_BATCHES = 6
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
@@ -235,16 +237,18 @@ def full_tokens(document: dict[str, Any]) -> dict[str, int | None]:
 
 
 def calibration_caps(document: dict[str, Any], caps: dict[str, int]) -> dict[str, int]:
-    """The calibration's caps; a generating teacher's prompt tokens are ``GENERATION_CALIBRATION_BATCHES``
-    batches of the data's mean prompt."""
+    """The calibration's caps; a generating teacher's prompt tokens are those of the first
+    ``GENERATION_CALIBRATION_BATCHES`` batches of prompts the rehearsal draws (exactly that many batches)."""
     if document["pipeline"] != "sft" or document["data"].get("train") is None:
         return caps
-    from distill_kit.rehearsal.generation import mean_prompt_tokens
+    from distill_kit.rehearsal.generation import first_prompts_tokens
     from distill_kit.rehearsal.substitute import train_lengths
 
     teacher = Settings.of(document).teacher
-    prompt = mean_prompt_tokens(train_lengths(document, teacher.max_seq_len), teacher.max_seq_len)
-    return {**caps, "teacher_tokens": max(1, round(GENERATION_CALIBRATION_BATCHES * teacher.batch_size * prompt))}
+    count = min(1024, GENERATION_CALIBRATION_BATCHES * teacher.batch_size)
+    tokens = first_prompts_tokens(train_lengths(document, teacher.max_seq_len), teacher.max_seq_len, count,
+                                  int(document["seed"]))
+    return {**caps, "teacher_tokens": max(1, tokens)}
 
 
 @dataclass
