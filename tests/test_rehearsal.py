@@ -54,6 +54,7 @@ def test_a_rehearsal_runs_every_stage_on_random_weights_and_token_streams(rehear
         decode = model["decode"]
         assert decode["tokens"] == 100 * decode["new_tokens"] and decode["prompts"] == 100
         assert decode["tokens_per_s"] > 0 and decode["window"] == f"rehearsal-decode/{model['model']}"
+        assert decode["warmup_seconds"] > 0  # the same decode ran once untimed before the window
     for window in evaluation["outputs"]["windows"]:
         assert window["energy"]["cpu"]["energy_j"] > 0 and window["duration_s"] > 0
     resolved = _json(run / "manifest.resolved.json")
