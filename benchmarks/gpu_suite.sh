@@ -46,12 +46,17 @@ if [[ $part == estimates ]]; then
   # their trained-token calibration is halved (200k, ~8 optimizer steps) to keep a 13B estimate near 5 minutes.
   extra() { case $1 in *_13b) echo "--set student.activation_checkpointing=true --set rehearsal.student_tokens=200000";; esac; }
   df -h /tmp | tail -1
+  # Every estimate of this machine (runs/ stays between back-to-back calls of a warm machine) is offered for reuse:
+  # an identical teacher or evaluation stage measured on these same GPUs is taken from it (docs/estimate.md).
+  keep=runs/estimates; mkdir -p "$keep"
   for m in ${ESTIMATES:-kd_32b_1b kd_32b_7b kd_32b_13b sft_32b_1b sft_32b_7b sft_32b_13b baseline_sft_1b baseline_sft_7b baseline_sft_13b eval_olmo2_1b}; do
     echo "[$(date +%T)] estimate $m"
     read -ra args <<< "$(extra "$m")"
+    reuse=(); for f in "$keep"/estimate_*.json; do [[ -e $f ]] && reuse+=(--reuse "$f"); done
     limit=${ESTIMATE_TIMEOUT:-300}; [[ $m == sft_* && -z ${ESTIMATE_TIMEOUT:-} ]] && limit=480  # generation: >30 s a batch
-    timeout "$limit" python -m distill_kit estimate "$m" "${args[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
-    python -m benchmarks.stamp_estimate "$out/estimate_$m.json" distill-kit estimate "$m" "${args[@]}"
+    timeout "$limit" python -m distill_kit estimate "$m" "${args[@]}" "${reuse[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+    python -m benchmarks.stamp_estimate "$out/estimate_$m.json" distill-kit estimate "$m" "${args[@]}" "${reuse[@]}" \
+      && cp "$out/estimate_$m.json" "$keep/"
   done
   echo "[$(date +%T)] estimates done"
 fi

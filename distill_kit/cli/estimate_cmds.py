@@ -61,6 +61,10 @@ def register(app: typer.Typer) -> None:
         student_tokens: str = typer.Option(None, "--student-tokens", help="Full run's trained tokens (default: "
                                            "student.token_budget, else epochs x rows x mean length x loss share)."),
         set_: list[str] = typer.Option([], "--set", help="Override a manifest value: a.b.c=value (repeatable)."),
+        reuse: list[Path] = typer.Option([], "--reuse", help="An earlier estimate's JSON (repeatable): a teacher or "
+                                         "evaluation stage identical in settings, shapes and caps, measured on this "
+                                         "same machine (GPU UUIDs, driver, code), is taken from it instead of "
+                                         "rehearsed again (docs/estimate.md)."),
     ) -> int:
         """Rehearse each stage briefly here, then predict the full run: wall time, GPU-hours, kWh, CO2."""
         import shutil
@@ -81,7 +85,8 @@ def register(app: typer.Typer) -> None:
         caps = {"teacher_tokens": calibration, "student_tokens": calibration} if calibration else {}
         folder = run_dir or Path(tempfile.mkdtemp(prefix="distill-kit-estimate-")) / "run"
         try:
-            result = run_estimate(manifest, folder, gpus, country, caps, full, list(set_), RichProgress())
+            result = run_estimate(manifest, folder, gpus, country, caps, full, list(set_), RichProgress(),
+                                  list(reuse))
         finally:
             if run_dir is None:
                 shutil.rmtree(folder.parent, ignore_errors=True)

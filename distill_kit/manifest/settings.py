@@ -257,6 +257,7 @@ class RehearsalSettings:
     teacher_tokens: int
     student_tokens: int
     eval_tokens: int
+    stand_in_teacher: bool = False  # only estimate --reuse sets it; absent from resolved manifests otherwise
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,21 @@ class RehearsalSettings:
     student_tokens: int  # trained (loss-bearing) tokens of the student stage
     eval_tokens: int  # forward tokens per evaluated model (evaluation in a rehearsal = forward passes only)
     seed: int
+    stand_in_teacher: bool = False  # a one-layer narrow teacher: its outputs' format and sizes, not its cost
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RehearsalSettings:
         block = with_defaults(document)["rehearsal"]  # the caps' defaults: manifest/settings.py
         return cls(teacher_tokens=int(block["teacher_tokens"]), student_tokens=int(block["student_tokens"]),
                    eval_tokens=int(block["eval_tokens"]),
-                   seed=int(document["seed"]))
+                   seed=int(document["seed"]), stand_in_teacher=bool(block.get("stand_in_teacher", False)))
 
-    def to_dict(self) -> dict[str, int]:
-        return {"teacher_tokens": self.teacher_tokens, "student_tokens": self.student_tokens,
-                "eval_tokens": self.eval_tokens}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"teacher_tokens": self.teacher_tokens, "student_tokens": self.student_tokens,
+                               "eval_tokens": self.eval_tokens}
+        if self.stand_in_teacher:
+            out["stand_in_teacher"] = True
+        return out
 
 
 _SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}

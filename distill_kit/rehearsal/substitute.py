@@ -41,8 +41,16 @@ class SyntheticTokenizer:
         return self.vocab_size
 
 
-def random_model(ref: dict[str, Any], manifest_name: str, device: str, dtype: str, seed: int) -> Any:
-    """A causal LM of the reference's architecture with random weights, made on ``device`` (eval mode)."""
+# A stand-in keeps the architecture and vocabulary (so its outputs have the real format and sizes) at one narrow
+# layer, so its cost is negligible: used where estimate --reuse takes the stage's cost from an earlier measurement.
+STAND_IN = {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "head_dim": 32}
+
+
+def random_model(ref: dict[str, Any], manifest_name: str, device: str, dtype: str, seed: int,
+                 stand_in: bool = False) -> Any:
+    """A causal LM of the reference's architecture with random weights, made on ``device`` (eval mode); a
+    ``stand_in`` is the same architecture and vocabulary at ``STAND_IN``'s size."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -53,6 +61,10 @@ def random_model(ref: dict[str, Any], manifest_name: str, device: str, dtype: st
     if device == "cuda" and dtype in ("auto", "bf16"):
         torch_dtype = torch.bfloat16
     config = model_config(ref, manifest_name)
+    if stand_in:
+        for key, value in STAND_IN.items():
+            if key != "head_dim" or hasattr(config, "head_dim"):
+                setattr(config, key, value)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)

@@ -52,6 +52,8 @@ class StageCalibration:
     energy_j: float | None
     windows: list[Window] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)  # the eval stage's (its forward and decode windows)
+    fingerprint: str | None = None  # what decides its cost, and the machine (runner/calibration_reuse.py)
+    reused_from: dict[str, Any] | None = None  # the earlier estimate it was taken from (--reuse)
 
     @property
     def steady(self) -> bool:
@@ -85,7 +87,17 @@ class StageCalibration:
                 "wall_s": self.wall_s, "energy_j": self.energy_j, "tokens_per_s": self.tokens_per_s,
                 "j_per_token": self.j_per_token, "fixed_s": fixed_s, "fixed_j": fixed_j,
                 "windows": [{**asdict(w), "tokens_per_s": w.tokens_per_s, "j_per_token": w.j_per_token}
-                            for w in self.windows]}
+                            for w in self.windows],
+                **({"outputs": self.outputs} if self.outputs else {}),
+                "fingerprint": self.fingerprint, "reused_from": self.reused_from}
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> StageCalibration:
+        """An earlier estimate's calibration (``to_dict``), as ``--reuse`` takes it."""
+        windows = [Window(float(w["seconds"]), int(w["tokens"]), w.get("power_w")) for w in entry["windows"]]
+        return cls(entry["stage"], entry["kind"], entry["token_kind"], int(entry["tokens"]), float(entry["wall_s"]),
+                   entry.get("energy_j"), windows, entry.get("outputs") or {}, entry.get("fingerprint"),
+                   entry.get("reused_from"))
 
 
 def _item_tokens(loop: Loop, summary: dict[str, Any]) -> list[int]:
@@ -318,27 +330,59 @@ def predict(document: dict[str, Any], calibration: list[StageCalibration], gpus:
     stages = []
     for c in calibration:
         if c.kind == "prerun":
-            stages.append(_prerun(c, document))
+            prediction = _prerun(c, document)
         elif c.kind == "eval":
-            stages.append(predict_eval(c, document))
+            prediction = predict_eval(c, document)
         else:
-            stages.append(predict_stage(c, tokens.get(c.kind)))
+            prediction = predict_stage(c, tokens.get(c.kind))
+        if c.reused_from:
+            source = c.reused_from
+            prediction.basis += (f"; calibration reused from the identical stage of {source.get('estimate')}'s "
+                                 f"estimate ({source.get('measured') or 'date not recorded'})")
+        stages.append(prediction)
     return Estimate(document["name"], gpus, country, carbon_intensity(country), stages, calibration, tokens)
 
 
 def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = None,
              caps: dict[str, int] | None = None, tokens: dict[str, int | None] | None = None,
-             overrides: list[str] | None = None, progress: Any = None) -> Estimate:
-    """Calibrate by a short rehearsal into ``run_dir``, then predict the full run (see the module docstring)."""
+             overrides: list[str] | None = None, progress: Any = None, reuse: list[Path] | None = None) -> Estimate:
+    """Calibrate by a short rehearsal into ``run_dir``, then predict the full run (see the module docstring);
+    stages whose calibration an earlier estimate in ``reuse`` holds are taken from it (runner/calibration_reuse.py)."""
     import torch
 
     from distill_kit.manifest import load_manifest
-    from distill_kit.runner.rehearse import rehearse
+    from distill_kit.runner.calibration_reuse import fingerprint, load_reusable, machine_identity, stage_inputs
+    from distill_kit.runner.plan import plan
+    from distill_kit.runner.rehearse import rehearsal_manifest, rehearse
 
+    reusable = load_reusable(reuse or [])  # a bad file is refused before anything runs
     document = load_manifest(manifest, overrides or []).document  # the run as it will be, not the calibration
     default = calibration_caps(document, DEFAULT_CALIBRATION if torch.cuda.is_available() else CPU_CALIBRATION)
-    rehearsed = rehearse(manifest, run_dir, {**default, **(caps or {})}, [*CALIBRATION_PRERUN, *(overrides or [])],
-                         progress)
+    all_caps, sets = {**default, **(caps or {})}, [*CALIBRATION_PRERUN, *(overrides or [])]
+    calibration_manifest = rehearsal_manifest(manifest, all_caps, sets)
+    machine = machine_identity()
+    stages = plan(calibration_manifest)
+    prints: dict[str, str] = {}
+    for stage in stages:
+        inputs = stage_inputs(calibration_manifest.document, stage.kind)
+        if inputs is not None:
+            prints[stage.name] = fingerprint(inputs, machine)
+    taken = {name: StageCalibration.from_dict(reusable[fp]) for name, fp in prints.items() if fp in reusable}
+    names = [stage.name for stage in stages]
+    stop_after = None
+    if "teacher" in taken:
+        sets.append("rehearsal.stand_in_teacher=true")  # its outputs for the stages after it, not its cost
+    if "eval" in taken and names[-1] == "eval" and len(names) > 1:
+        stop_after = names[-2]  # a reused evaluation is the last stage: the rehearsal stops before it
+    rehearsed = rehearse(manifest, run_dir, all_caps, sets, progress, stop_after=stop_after)
+    measured = {c.stage: c for c in calibrations(rehearsed.run_dir, rehearsed.timing)}
+    result = []
+    for name in names:
+        calibration = taken.get(name) or measured.get(name)
+        if calibration is None:
+            continue
+        if name not in taken:
+            calibration.fingerprint = prints.get(name)
+        result.append(calibration)
     full = {**full_tokens(document), **{k: v for k, v in (tokens or {}).items() if v is not None}}
-    return predict(document, calibrations(rehearsed.run_dir, rehearsed.timing), gpus,
-                   country or Settings.of(document).country_iso_code, full)
+    return predict(document, result, gpus, country or Settings.of(document).country_iso_code, full)

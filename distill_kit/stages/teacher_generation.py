@@ -126,7 +126,8 @@ class TeacherGenerationStage:
         settings = RehearsalSettings.from_document(doc)
         self.tokenizer, self.tokenizer_dir = synthetic_tokenizer(doc, self.ctx.stage_dir / "rehearsal_tokenizer")
         pad, eos = int(self.tokenizer.pad_token_id), int(self.tokenizer.eos_token_id)
-        model = random_model(doc["models"]["teacher"], doc["name"], self.ctx.device, "auto", settings.seed)
+        model = random_model(doc["models"]["teacher"], doc["name"], self.ctx.device, "auto", settings.seed,
+                             settings.stand_in_teacher)
         self.backend = HFBackend(None, self.ctx.device, pad, eos, model=model)
         if requested == "vllm" or (requested == "auto" and self.ctx.device == "cuda" and vllm_available()):
             self.backend_reason += " (a real run would take vllm: this rehearsal times Hugging Face generate)"

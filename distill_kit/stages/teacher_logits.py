@@ -66,9 +66,11 @@ class TeacherLogitsStage:
         """Random weights of the teacher's shape on the device, random token streams of the data's lengths."""
         settings = RehearsalSettings.from_document(doc)
         self.tokenizer, _ = synthetic_tokenizer(doc, self.ctx.stage_dir / "rehearsal_tokenizer")
-        self.model = random_model(doc["models"]["teacher"], doc["name"], self.ctx.device, "auto", settings.seed)
+        self.model = random_model(doc["models"]["teacher"], doc["name"], self.ctx.device, "auto", settings.seed,
+                                  settings.stand_in_teacher)
         self.examples = train_streams(doc, self.tokenizer, max_len, settings.teacher_tokens)
-        self.ctx.progress.log(f"teacher: rehearsal, random {type(self.model).__name__} weights, "
+        stand_in = " (a one-layer stand-in: its cost is taken from elsewhere)" if settings.stand_in_teacher else ""
+        self.ctx.progress.log(f"teacher: rehearsal, random {type(self.model).__name__} weights{stand_in}, "
                               f"{len(self.examples)} random sequences ({settings.teacher_tokens:,} tokens)")
 
     def run(self) -> StageResult:
