@@ -91,3 +91,15 @@ def test_a_reuse_file_that_is_not_an_estimate_is_refused(tmp_path, content, mess
     assert_no_traceback(result)
     assert message in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_calibration_in_a_reuse_file_is_named_not_a_traceback(earlier, tmp_path):
+    damaged = _json(earlier)
+    del _calibration(damaged, "teacher")["windows"]
+    path = tmp_path / "damaged.json"
+    path.write_text(json.dumps(damaged))
+    result = run_cli("estimate", "smoke-sft", "--reuse", str(path), "--run-dir", str(tmp_path / "run"), *SMALL)
+    assert result.returncode == 2, result.output
+    assert_no_traceback(result)
+    assert f"--reuse {path}: its 'teacher' calibration is incomplete" in result.output
+    assert not (tmp_path / "run").exists()

@@ -343,6 +343,16 @@ def predict(document: dict[str, Any], calibration: list[StageCalibration], gpus:
     return Estimate(document["name"], gpus, country, carbon_intensity(country), stages, calibration, tokens)
 
 
+def _reused(entry: dict[str, Any]) -> StageCalibration:
+    try:
+        return StageCalibration.from_dict(entry)
+    except (KeyError, TypeError, ValueError) as err:  # an edited or damaged file: named, not a traceback
+        from distill_kit.errors import InvalidInput
+
+        raise InvalidInput(f"--reuse {entry['reused_from'].get('file')}: its {entry.get('stage')!r} calibration "
+                           f"is incomplete ({type(err).__name__}: {err})") from err
+
+
 def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = None,
              caps: dict[str, int] | None = None, tokens: dict[str, int | None] | None = None,
              overrides: list[str] | None = None, progress: Any = None, reuse: list[Path] | None = None) -> Estimate:
@@ -367,12 +377,12 @@ def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = 
         inputs = stage_inputs(calibration_manifest.document, stage.kind)
         if inputs is not None:
             prints[stage.name] = fingerprint(inputs, machine)
-    taken = {name: StageCalibration.from_dict(reusable[fp]) for name, fp in prints.items() if fp in reusable}
+    taken = {name: _reused(reusable[fp]) for name, fp in prints.items() if fp in reusable}
     names = [stage.name for stage in stages]
     stop_after = None
-    if "teacher" in taken:
+    if any(stage.name in taken and stage.kind in ("teacher_logits", "teacher_generation") for stage in stages):
         sets.append("rehearsal.stand_in_teacher=true")  # its outputs for the stages after it, not its cost
-    if "eval" in taken and names[-1] == "eval" and len(names) > 1:
+    if stages[-1].kind == "eval" and stages[-1].name in taken and len(stages) > 1:
         stop_after = names[-2]  # a reused evaluation is the last stage: the rehearsal stops before it
     rehearsed = rehearse(manifest, run_dir, all_caps, sets, progress, stop_after=stop_after)
     measured = {c.stage: c for c in calibrations(rehearsed.run_dir, rehearsed.timing)}
