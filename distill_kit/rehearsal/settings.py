@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from distill_kit.manifest.settings import with_defaults
+from distill_kit.manifest.settings import Settings, with_defaults
 
 
 def is_rehearsal(document: dict[str, Any]) -> bool:
@@ -25,7 +25,8 @@ class RehearsalSettings:
         block = with_defaults(document)["rehearsal"]  # the caps' defaults: manifest/settings.py
         return cls(teacher_tokens=int(block["teacher_tokens"]), student_tokens=int(block["student_tokens"]),
                    eval_tokens=int(block["eval_tokens"]),
-                   seed=int(document["seed"]), stand_in_teacher=bool(block.get("stand_in_teacher", False)))
+                   seed=int(document["seed"]),
+                   stand_in_teacher=Settings.of(document).rehearsal.stand_in_teacher)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"teacher_tokens": self.teacher_tokens, "student_tokens": self.student_tokens,
