@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_kit.errors import InvalidInput
+from distill_kit.manifest.pipelines import dotted_get
 
 # Dotted paths in the calibration's resolved manifest that decide a stage's cost; anything else may differ.
 _TEACHER = ("models.teacher", "models.tokenizer", "teacher", "data.train", "seed", "rehearsal.teacher_tokens",
@@ -35,13 +36,6 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 # which model reference each evaluated model's shape comes from
 _EVAL_MODEL_REF = {"student_initial": "student", "student": "student", "teacher": "teacher"}
-
-
-def _at(document: dict[str, Any], dotted: str) -> Any:
-    value: Any = document
-    for key in dotted.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
 
 
 def machine_identity() -> dict[str, Any]:
@@ -61,7 +55,7 @@ def stage_inputs(document: dict[str, Any], kind: str) -> dict[str, Any] | None:
     paths = STAGE_INPUTS.get(kind)
     if paths is None:
         return None
-    inputs: dict[str, Any] = {"kind": kind, **{path: _at(document, path) for path in paths}}
+    inputs: dict[str, Any] = {"kind": kind, **{path: dotted_get(document, path) for path in paths}}
     if kind == "eval":
         models = document.get("models") or {}
         inputs["eval_model_shapes"] = [[name, models.get(_EVAL_MODEL_REF.get(name, name))]
