@@ -345,6 +345,34 @@ def test_estimate_predicts_the_full_run_from_a_short_calibration(tmp_path):
     assert report["totals"]["co2_kg"]["mid"] == pytest.approx(kwh["mid"] * report["carbon_g_per_kwh"] / 1000)
 
 
+def test_a_terminated_estimate_removes_its_temporary_run_folder(tmp_path):
+    """SIGTERM (a `timeout` on the GPU machine) mid-calibration: the temporary run folder goes, exit 130.
+
+    Before, Python's default SIGTERM skipped the cleanup and a killed 13B calibration left 51 GB in /tmp, which made
+    the next estimate's disk preflight refuse to start."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "distill_kit", "estimate", "smoke-kd", "--calibration-tokens",
+                             "4k", *CAPS], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200", "TMPDIR": str(tmp_path)})
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("distill-kit-estimate-*/run/stages/teacher")):  # calibration under way
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.time() < deadline, "the calibration never reached its teacher stage"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert not list(tmp_path.glob("distill-kit-estimate-*")), sorted(p.name for p in tmp_path.rglob("*"))[:20]
+
+
 def test_estimate_refuses_a_bad_token_count(tmp_path):
     result = run_cli("estimate", "smoke-kd", "--student-tokens", "ten")
     assert result.returncode == 2

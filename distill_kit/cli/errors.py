@@ -37,6 +37,9 @@ def output_flag(flag: str) -> Iterator[None]:
         raise OutputNotWritable(f"{flag}: {err} (choose another {flag})") from err
 
 
+INTERRUPTED = "interrupted (a run's directory keeps what finished: continue it with --resume)"
+
+
 def _print_error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -62,11 +65,13 @@ def run_app(app: typer.Typer) -> None:
         err.show()
         sys.exit(EXIT_BAD_INPUT if isinstance(err, USAGE_EXCEPTIONS) else err.exit_code)
     except KeyboardInterrupt:
-        _print_error("interrupted (the run directory keeps what finished; continue with --resume)")
+        _print_error(INTERRUPTED)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
         if os.environ.get("DISTILL_KIT_DEBUG") == "1":
             raise
         _print_error(f"internal error: {type(err).__name__}: {err} (set DISTILL_KIT_DEBUG=1 for the traceback)")
         sys.exit(EXIT_FAILED)
+    if result == 130:  # typer turns a KeyboardInterrupt inside a command into a silent Exit(130)
+        _print_error(INTERRUPTED)
     sys.exit(result if isinstance(result, int) else 0)

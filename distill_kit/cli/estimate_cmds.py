@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,29 @@ def print_estimate(report: dict[str, Any]) -> None:
     console.print(line)
 
 
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``timeout``, a scheduler, ``docker stop``) unwinds the calibration as Ctrl-C does.
+
+    Python's default SIGTERM ends the process without running ``finally`` blocks: a killed 13B calibration left its
+    temporary run folder (51 GB of checkpoints) behind on the GPU machine, and the next estimate's disk preflight
+    refused to start. Raised as KeyboardInterrupt, the stage closes its energy window, the folder is removed and the
+    command exits 130 like an interrupt.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def estimate(
@@ -53,7 +80,7 @@ def register(app: typer.Typer) -> None:
                                      "temporary folder, removed after)."),
         calibration_tokens: str = typer.Option(None, "--calibration-tokens", help="Teacher and student tokens of "
                                                "the calibration (default: 400k teacher / 400k student on a GPU; a "
-                                               "generating teacher: exactly 6 batches of prompts; an explicit cap "
+                                               "generating teacher: exactly 5 batches of prompts; an explicit cap "
                                                "counts prompt tokens)."),
         teacher_tokens: str = typer.Option(None, "--teacher-tokens", help="Full run's teacher tokens (default: "
                                            "the dataset's rows x mean length; a generating teacher: rows x samples "
@@ -85,8 +112,9 @@ def register(app: typer.Typer) -> None:
         caps = {"teacher_tokens": calibration, "student_tokens": calibration} if calibration else {}
         folder = run_dir or Path(tempfile.mkdtemp(prefix="distill-kit-estimate-")) / "run"
         try:
-            result = run_estimate(manifest, folder, gpus, country, caps, full, list(set_), RichProgress(),
-                                  list(reuse))
+            with _terminate_as_interrupt():
+                result = run_estimate(manifest, folder, gpus, country, caps, full, list(set_), RichProgress(),
+                                      list(reuse))
         finally:
             if run_dir is None:
                 shutil.rmtree(folder.parent, ignore_errors=True)

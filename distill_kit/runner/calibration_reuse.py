@@ -11,8 +11,9 @@ rehearsal then runs a one-layer stand-in teacher (its outputs have the real form
 it) or stops before a reused evaluation. Everything else is measured anew.
 
 What a match proves: the same stage settings, data shape, caps and model shapes, on the same physical GPUs with the
-same driver, kit version and commit (uncommitted changes in the tree are not seen). It does not prove the same conditions (another lease of the same machine ran the same
-student 14% slower: README, issue 17), which is why the UUIDs are in it: a calibration is not reused across machines.
+same driver, kit version and commit (uncommitted changes in the tree are not seen). It does not prove the same
+conditions (another lease of the same machine ran the same student 14% slower: README, issue 17), which is why the
+UUIDs are in it: a calibration is not reused across machines.
 """
 
 from __future__ import annotations
