@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import assert_no_traceback, run_cli
 
-SMALL = ["--set", "teacher.batch_size=25", "--set", "rehearsal.eval_tokens=256"]
+SMALL = ["--set", "teacher.generation.batch_size=25", "--set", "rehearsal.eval_tokens=256"]
 
 
 def _json(path: Path) -> dict:
@@ -65,7 +65,7 @@ def test_another_machine_or_other_teacher_settings_are_measured_anew(earlier, tm
         return calibration_reuse.stage_inputs(load_manifest("smoke-sft", list(sets)).document, "teacher_generation")
 
     assert inputs("student.optimizer.lr=1.0e-4") == inputs()
-    assert inputs("teacher.batch_size=5") != inputs()  # any teacher setting: never reused across it
+    assert inputs("teacher.generation.batch_size=5") != inputs()  # any teacher setting: never reused across it
 
     real = calibration_reuse.machine_identity()
     other = {**real, "gpus": [["NVIDIA H200", "GPU-00000000-another-one", "580.159.04"]]}

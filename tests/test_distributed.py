@@ -352,7 +352,7 @@ def test_evidence_bounds_a_spread_batch_by_the_gpus_or_the_cpu_ranks(sequences, 
 @pytest.mark.slow
 def test_two_ranks_generate_the_samples_of_one_process(tmp_path):
     """Synthetic generation split by shard: 2 gloo ranks write the generations (files and index) of one process."""
-    sets = ["data.train.max_examples=240", "teacher.batch_size=32", "teacher.generation.shard_prompts=64",
+    sets = ["data.train.max_examples=240", "teacher.generation.batch_size=32", "teacher.generation.shard_prompts=64",
             "teacher.generation.do_sample=true", "distributed.backend=gloo"]  # sampled: seeds per batch, not rank
     folders = {}
     for processes in (1, 2):

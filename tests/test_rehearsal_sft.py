@@ -16,8 +16,8 @@ from tests.conftest import assert_no_traceback, kill_when, run_cli, spawn_cli
 
 # 1,500 prompt tokens of the tiny task (about 150 prompts) in batches of 25; 2,000 trained tokens
 RUN = ["--runtime", "local", "--rehearse", "--set", "rehearsal.teacher_tokens=1500", "--set",
-       "rehearsal.student_tokens=2000", "--set", "rehearsal.eval_tokens=256", "--set", "teacher.batch_size=25",
-       "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0"]
+       "rehearsal.student_tokens=2000", "--set", "rehearsal.eval_tokens=256", "--set",
+       "teacher.generation.batch_size=25", "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0"]
 MAX_NEW_TOKENS = 16  # smoke-sft's teacher.generation.max_new_tokens
 
 
@@ -122,7 +122,7 @@ def test_estimate_times_the_generation_in_batches_and_scales_it_to_the_full_run(
 
     out = tmp_path / "estimate.json"
     result = run_cli("estimate", "smoke-sft", "--json", str(out), "--run-dir", str(tmp_path / "cal"), "--set",
-                     "teacher.batch_size=25", "--set", "rehearsal.eval_tokens=256")
+                     "teacher.generation.batch_size=25", "--set", "rehearsal.eval_tokens=256")
     assert result.returncode == 0, result.output
     report = _json(out)
     teacher = next(s for s in report["stages"] if s["stage"] == "teacher")
@@ -130,13 +130,13 @@ def test_estimate_times_the_generation_in_batches_and_scales_it_to_the_full_run(
     assert teacher["tokens"] == expected and expected > 20_000  # 4,000 rows x their mean answer
     assert "tokens/s" in teacher["basis"] and teacher["basis"].startswith("fixed")  # steady windows, scaled
     calibration = next(c for c in report["calibration"] if c["stage"] == "teacher")
-    # 6 batches: the first is warm-up and the last mark is dropped, so 3 one-batch windows
-    assert calibration["token_kind"] == "generated_tokens" and len(calibration["windows"]) == 3
+    # 5 batches: the first is warm-up and the last mark is dropped, so 2 one-batch windows
+    assert calibration["token_kind"] == "generated_tokens" and len(calibration["windows"]) == 2
     _, records = read_generations(tmp_path / "cal" / "stages" / "teacher" / "generations")
     batches = [sum(r.generated_tokens for r in records[i : i + 25]) for i in range(0, len(records), 25)]
-    assert [w["tokens"] for w in calibration["windows"]] == batches[2:5]  # each window: one batch's generated tokens
+    assert [w["tokens"] for w in calibration["windows"]] == batches[2:4]  # each window: one batch's generated tokens
     prompts = _json(tmp_path / "cal" / "stages" / "teacher" / "summary.json")["outputs"]["samples"]
-    assert prompts == GENERATION_CALIBRATION_BATCHES * 25  # exactly 6 batches of 25 prompts
+    assert prompts == GENERATION_CALIBRATION_BATCHES * 25  # exactly 5 batches of 25 prompts
     student = next(s for s in report["stages"] if s["stage"] == "student")
     assert student["tokens"] == 1_000_000  # smoke-sft's student.token_budget
 
@@ -154,9 +154,11 @@ def test_the_generation_plan_grows_with_the_batch_and_the_sequence_length():
     from distill_kit.rehearsal.memory import GIB, plan_generation
 
     base = plan_generation(load_manifest("sft_32b_1b", []).document)
-    wider = plan_generation(load_manifest("sft_32b_1b", ["teacher.batch_size=8"]).document)
+    wider = plan_generation(load_manifest("sft_32b_1b", ["teacher.generation.batch_size=128"]).document)
     longer = plan_generation(load_manifest("sft_32b_1b", ["teacher.max_seq_len=4096"]).document)
-    # OLMo-2 32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 256 KiB per token; 4 x 1,024 tokens = 1 GiB
-    assert base.parts["KV cache"] / GIB == pytest.approx(1.0)
+    # OLMo-2 32B: 64 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 256 KiB per token; 64 sequences (base.yaml's
+    # teacher.generation.batch_size) of up to 1,024 + 1,023 positions (the longest prompt, then the largest answer
+    # budget of 1,023 a one-token prompt leaves) = 32 GiB
+    assert base.parts["KV cache"] / GIB == pytest.approx(64 * 2047 * 256 / 2**20)
     assert wider.parts["KV cache"] == 2 * base.parts["KV cache"]
-    assert longer.parts["KV cache"] == 4 * base.parts["KV cache"]
+    assert longer.parts["KV cache"] == base.parts["KV cache"] * (4096 + 1024) / 2047  # max_new_tokens stays 1,024

@@ -311,6 +311,27 @@ def test_hf_sampling_is_a_function_of_the_batch_seed_and_greedy_matches_the_eval
     assert all(s[0].generated_tokens == len(s[0].ids) + int(s[0].stopped) for s in greedy)
 
 
+def test_each_answer_budget_is_its_own_prompt_s_not_its_batch_mates(tokenizer):
+    """A prompt's answer may run to max_total minus its own length. Cutting the whole batch at max_total minus its
+    longest prompt (as before) cut a short prompt's answer by whichever long prompt shared its batch."""
+    from distill_kit.generation.decode import DecodingSettings, HFBackend
+
+    backend = HFBackend(TINY_DIR / "teacher", "cpu", int(tokenizer.pad_token_id), int(tokenizer.eos_token_id))
+    short, long = [5, 6, 7, 8, 9], list(range(5, 65))  # 5 and 60 tokens; max_total 64 leaves the long one 4
+    greedy = DecodingSettings(do_sample=False, max_new_tokens=16)
+    # a rehearsal's drawn answers (10 tokens each, ending with EOS where they fit)
+    drawn = backend.generate([short, long], greedy, 0, 64, answers=[(10, True), (10, True)])
+    assert drawn[0][0].generated_tokens == 10 and drawn[0][0].stopped
+    assert drawn[1][0].generated_tokens == 4 and not drawn[1][0].stopped  # cut at its own budget, unfinished
+    # the real path: the short prompt's greedy answer is the one it gets alone, the long one's at most 4 tokens
+    never = DecodingSettings(do_sample=False, max_new_tokens=12)
+    backend.eos_id = -1  # no EOS ends an answer: each runs to its budget
+    together = backend.generate([short, long], never, 0, 64)
+    alone = backend.generate([short], never, 0, 64)
+    assert len(together[0][0].ids) == 12 and together[0][0].ids == alone[0][0].ids
+    assert len(together[1][0].ids) == 4
+
+
 # ---------------------------------------------------------------------------------------------- manifest rules
 
 
@@ -340,7 +361,7 @@ def test_shipped_sft_manifests_validate(name):
 
 # ------------------------------------------------------------------------------------------- end to end (slow)
 
-QUICK = ["--set", "data.train.max_examples=600", "--set", "teacher.batch_size=100",
+QUICK = ["--set", "data.train.max_examples=600", "--set", "teacher.generation.batch_size=100",
          "--set", "teacher.generation.shard_prompts=200", "--set", "student.batch_size=32",
          "--set", "student.token_budget=12000", "--set", "student.checkpoint_every_steps=5",
          "--set", "energy.idle_seconds=1", "--set", "energy.burn_in_seconds=0", "--set", "eval.limit=40"]

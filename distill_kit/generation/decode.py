@@ -94,10 +94,15 @@ class HFBackend:
             ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             mask[i, width - len(prompt):] = 1
         torch.manual_seed(seed)  # seeds every device
-        new_tokens = max(1, min(settings.max_new_tokens, max_total - width))
+        # Each prompt's answer budget is its own (max_total minus its prompt), so an answer never depends on which
+        # prompts share its batch: the batch decodes until its largest budget (or longest drawn answer) and each
+        # sample is cut at its budget after. (Cutting the batch at max_total minus its longest prompt cut every
+        # answer short by its batch-mates, the more so the larger the batch.)
+        budgets = [max(1, min(settings.max_new_tokens, max_total - len(p))) for p in prompts]
+        new_tokens = max(budgets)
         forced = {}
         if answers is not None:
-            new_tokens = max(1, min(new_tokens, max(tokens for tokens, _ in answers)))
+            new_tokens = max(min(tokens, budget) for (tokens, _), budget in zip(answers, budgets, strict=True))
             forced = {"min_new_tokens": new_tokens}
         with torch.no_grad():
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
@@ -107,7 +112,7 @@ class HFBackend:
         per_prompt = settings.num_samples if settings.do_sample else 1
         results = []
         for i in range(len(prompts)):
-            block = rows[i * per_prompt:(i + 1) * per_prompt]
+            block = [row[: budgets[i]] for row in rows[i * per_prompt:(i + 1) * per_prompt]]
             samples = ([_cut(row, self.eos_id) for row in block] if answers is None
                        else [_forced(row, *answers[i]) for row in block])
             results.append(samples * (settings.num_samples // per_prompt))

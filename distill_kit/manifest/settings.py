@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "logits": {"temperature": 1.0, "shard_tokens": 1 << 20, "encoding": "packed"},
         "generation": {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 1024,
                        "num_samples": 1, "min_tokens": 0, "backend": "auto", "shard_prompts": 1024},
-        # seed: the run's (with_defaults)
+        # generation.seed: the run's; generation.batch_size: teacher.batch_size (with_defaults)
         "filters": {"drop_unfinished": False, "answer_check": "none", "exact_dedup": True, "dedup_on": "sample",
                     "near_dedup": {}},  # NEAR_DEDUP_DEFAULTS (with_defaults)
     },
@@ -92,6 +92,7 @@ def with_defaults(document: dict[str, Any]) -> dict[str, Any]:
     merged = with_static_defaults(document)
     teacher, student, evaluation = merged["teacher"], merged["student"], merged["eval"]
     teacher.setdefault("max_seq_len", student["max_seq_len"])
+    teacher["generation"].setdefault("batch_size", teacher["batch_size"])
     if "seed" in merged:
         teacher["generation"].setdefault("seed", merged["seed"])
     near = teacher["filters"]["near_dedup"]
@@ -126,6 +127,7 @@ class GenerationSettings:
     seed: int
     backend: str
     shard_prompts: int
+    batch_size: int  # prompts one Hugging Face generate call decodes together (default: teacher.batch_size)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ def _teacher(t: dict[str, Any]) -> TeacherSettings:
             do_sample=bool(g["do_sample"]), temperature=float(g["temperature"]), top_p=float(g["top_p"]),
             top_k=int(g["top_k"]), max_new_tokens=int(g["max_new_tokens"]), num_samples=int(g["num_samples"]),
             min_tokens=int(g["min_tokens"]), max_tokens=g.get("max_tokens"), seed=int(g["seed"]),
-            backend=g["backend"], shard_prompts=int(g["shard_prompts"])),
+            backend=g["backend"], shard_prompts=int(g["shard_prompts"]), batch_size=int(g["batch_size"])),
         filters=SampleFilterSettings(drop_unfinished=bool(f["drop_unfinished"]), answer_check=f["answer_check"],
                                exact_dedup=bool(f["exact_dedup"]), dedup_on=f["dedup_on"],
                                near_dedup=NearDedupSettings(**f["near_dedup"])))

@@ -242,10 +242,13 @@ def plan_generation(document: dict[str, Any], gpu: bool = True) -> StagePlan:
     kv_heads = numbers.get("num_key_value_heads") or heads
     head_dim = numbers.get("head_dim") or shape.hidden // heads
     generation = teacher.generation
-    sequences = teacher.batch_size * (generation.num_samples if generation.do_sample else 1)
+    sequences = generation.batch_size * (generation.num_samples if generation.do_sample else 1)
+    # A left-padded batch holds its longest prompt, then decodes to its largest answer budget (a short prompt's:
+    # generation/decode.py), so a row can reach max_seq_len + max_new_tokens - 1 positions, not max_seq_len.
+    positions = teacher.max_seq_len + min(generation.max_new_tokens, teacher.max_seq_len - 1)
     width = 2.0 if gpu else 4.0
     parts = {"weights": width * shape.parameters,
-             "KV cache": float(sequences * teacher.max_seq_len * shape.layers * 2 * kv_heads * head_dim * width),
+             "KV cache": float(sequences * positions * shape.layers * 2 * kv_heads * head_dim * width),
              "logits (one step)": float(sequences * shape.vocab * 6),
              "prefill (a layer)": float(sequences * teacher.max_seq_len * 16 * shape.hidden)}
     return StagePlan("teacher", parts, sum(parts.values()))
@@ -311,10 +314,12 @@ def advice(document: dict[str, Any], kind: str, plan: StagePlan) -> list[str]:
             half = plan_student(document, batch_size=batch // 2)
             out.append(f"student.batch_size: {batch // 2} with grad_accum x2 (same effective batch; "
                        f"{half.needed_gib:.0f} GiB)")
-    if kind == "teacher_generation" and Settings.of(document).teacher.batch_size > 1:
-        batch = Settings.of(document).teacher.batch_size
-        half_doc = {**document, "teacher": {**(document.get("teacher") or {}), "batch_size": batch // 2}}
-        out.append(f"teacher.batch_size: {batch // 2} ({plan_generation(half_doc).needed_gib:.0f} GiB)")
+    if kind == "teacher_generation" and Settings.of(document).teacher.generation.batch_size > 1:
+        batch = Settings.of(document).teacher.generation.batch_size
+        teacher = document.get("teacher") or {}
+        half_doc = {**document, "teacher": {**teacher, "generation": {**(teacher.get("generation") or {}),
+                                                                      "batch_size": batch // 2}}}
+        out.append(f"teacher.generation.batch_size: {batch // 2} ({plan_generation(half_doc).needed_gib:.0f} GiB)")
     states = sum(v for k, v in plan.parts.items() if k.split(" ")[0] in ("weights", "gradients", "optimizer"))
     transient = plan.needed_gib - states / GIB
     if plan.device_gib > transient:

@@ -204,18 +204,17 @@ SCALING_EFFICIENCY = 0.95  # per GPU added, data parallel: 1.89-1.94x on 2 H200s
 # so fewer than ~20 steady steps gave windows 2x apart (benchmarks/results/estimate_kd_32b_1b.json at 300k)
 DEFAULT_CALIBRATION = {"teacher_tokens": 400_000, "student_tokens": 400_000, "eval_tokens": 8192}  # KD
 CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tokens": 1024}
-# Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be ~440 batches of a
-# 32B teacher decoding at sft_32b_1b's batch of 4 (hours). A batch decodes as long as its longest drawn answer:
-# under tulu-3's assumed shape (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with
-# probability ~0.25, so two batches in three run the longest answer there is, 614 steps. Measured on one H200
-# (2026-12-01, 99805ad): sft_32b_1b's calibration of then 31 prompts (8 batches: its cap was 6 batches of the mean
-# prompt, and the first drawn prompts were shorter) had not finished its teacher after ~270 s, so a batch of
-# Hugging Face generate on a random 32B takes over 30 s (over ~50 ms a decode step; the guess had been 15-20 s).
-# The cap is therefore exactly GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the first
-# ones the rehearsal draws): 6 batches leave, after the warm-up batch (the first mark) and the dropped last mark, 3
-# one-batch windows (_windows below). An explicit teacher_tokens cap (--calibration-tokens) overrides it (prompt
-# tokens).
-GENERATION_CALIBRATION_BATCHES = 6
+# Teacher generation is calibrated in decoded batches, not tokens: 400k prompt tokens would be hundreds of batches
+# of a 32B teacher (hours). A batch decodes as long as its longest drawn answer: under tulu-3's assumed shape
+# (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with probability ~0.25, so a batch of 64
+# (base.yaml's teacher.generation.batch_size) all but surely runs the longest answer there is, 614 steps. Measured
+# on one H200 (2026-12-01, 71e2f60): at batch 4, 24 prompts decoded 3,329 steps in 341 s (~100 ms a step, 22
+# generated tokens/s); the step is launch-bound, so at 64 a batch takes ~60-75 s. The cap is therefore exactly
+# GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the first ones the rehearsal draws): 5
+# batches leave, after the warm-up batch (the first mark) and the dropped last mark, 2 one-batch windows (_windows
+# below), and keep a 32B calibration inside one 10-minute call. An explicit teacher_tokens cap
+# (--calibration-tokens) overrides it (prompt tokens).
+GENERATION_CALIBRATION_BATCHES = 5
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
 
@@ -257,7 +256,7 @@ def calibration_caps(document: dict[str, Any], caps: dict[str, int]) -> dict[str
     from distill_kit.rehearsal.substitute import train_lengths
 
     teacher = Settings.of(document).teacher
-    count = min(1024, GENERATION_CALIBRATION_BATCHES * teacher.batch_size)
+    count = min(1024, GENERATION_CALIBRATION_BATCHES * teacher.generation.batch_size)
     tokens = first_prompts_tokens(train_lengths(document, teacher.max_seq_len), teacher.max_seq_len, count,
                                   int(document["seed"]))
     return {**caps, "teacher_tokens": max(1, tokens)}

@@ -85,7 +85,7 @@ class TeacherGenerationStage:
         self.ctx = ctx
         teacher = ctx.manifest.settings.teacher
         self.decoding = DecodingSettings.from_settings(teacher.generation)
-        self.batch_size = teacher.batch_size
+        self.batch_size = teacher.generation.batch_size
         self.max_seq_len = teacher.max_seq_len
         shard_prompts = teacher.generation.shard_prompts
         self.shard_prompts = max(self.batch_size, shard_prompts // self.batch_size * self.batch_size)
