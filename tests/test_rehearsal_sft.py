@@ -162,3 +162,14 @@ def test_the_generation_plan_grows_with_the_batch_and_the_sequence_length():
     assert base.parts["KV cache"] / GIB == pytest.approx(64 * 2047 * 256 / 2**20)
     assert wider.parts["KV cache"] == 2 * base.parts["KV cache"]
     assert longer.parts["KV cache"] == base.parts["KV cache"] * (4096 + 1024) / 2047  # max_new_tokens stays 1,024
+
+
+def test_a_generation_batch_too_large_for_the_gpu_is_halved_until_it_fits():
+    """base.yaml's batch of 64 fits an H200, not an 80 GB GPU: the advice is the largest halving that fits."""
+    from distill_kit.manifest import load_manifest
+    from distill_kit.rehearsal.memory import plan_run
+
+    document = load_manifest("sft_32b_1b", []).document
+    on_h100 = {p.stage: p for p in plan_run(document, 79.0)}["teacher"]
+    assert on_h100.fits is False and on_h100.advice[0].startswith("teacher.generation.batch_size: 16 (")
+    assert {p.stage: p for p in plan_run(document, 139.0)}["teacher"].fits is True

@@ -317,9 +317,14 @@ def advice(document: dict[str, Any], kind: str, plan: StagePlan) -> list[str]:
     if kind == "teacher_generation" and Settings.of(document).teacher.generation.batch_size > 1:
         batch = Settings.of(document).teacher.generation.batch_size
         teacher = document.get("teacher") or {}
-        half_doc = {**document, "teacher": {**teacher, "generation": {**(teacher.get("generation") or {}),
-                                                                      "batch_size": batch // 2}}}
-        out.append(f"teacher.generation.batch_size: {batch // 2} ({plan_generation(half_doc).needed_gib:.0f} GiB)")
+        while batch > 1:  # halved until it fits (fewer sequences decode at about the same step time: slower)
+            batch //= 2
+            smaller = {**document, "teacher": {**teacher, "generation": {**(teacher.get("generation") or {}),
+                                                                         "batch_size": batch}}}
+            needed = plan_generation(smaller).needed_gib
+            if needed <= plan.device_gib or batch == 1:
+                out.append(f"teacher.generation.batch_size: {batch} ({needed:.0f} GiB)")
+                break
     states = sum(v for k, v in plan.parts.items() if k.split(" ")[0] in ("weights", "gradients", "optimizer"))
     transient = plan.needed_gib - states / GIB
     if plan.device_gib > transient:
