@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
                                      "temporary folder, removed after)."),
         calibration_tokens: str = typer.Option(None, "--calibration-tokens", help="Teacher and student tokens of "
                                                "the calibration (default: 400k teacher / 400k student on a GPU; a "
-                                               "generating teacher: exactly 5 batches of prompts; an explicit cap "
+                                               "generating teacher: exactly 4 batches of prompts; an explicit cap "
                                                "counts prompt tokens)."),
         teacher_tokens: str = typer.Option(None, "--teacher-tokens", help="Full run's teacher tokens (default: "
                                            "the dataset's rows x mean length; a generating teacher: rows x samples "

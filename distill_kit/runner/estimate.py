@@ -134,10 +134,16 @@ def _mean_power(run_dir: Path, summary: dict[str, Any], t0: float, t1: float) ->
 
 def _windows(run_dir: Path, summary: dict[str, Any], loop: Loop) -> list[Window]:
     tokens = _item_tokens(loop, summary)
-    # the last item is the drain of a pipelined loop (the teacher yields batch i once batch i+1 is queued): no
-    # compute of its own, so it is left out
-    times = [t for t, _ in loop.marks][:-1]
-    first = max(1, int(len(times) * WARMUP_FRACTION))
+    times = [t for t, _ in loop.marks]
+    if summary["kind"] == "teacher_generation":
+        # not pipelined: each mark ends one decoded batch, so the first mark closes the warm-up batch and the last
+        # is a batch like the others (each one is a minute or more of a 32B's decode: none is wasted)
+        first = 0
+    else:
+        # the last item is the drain of a pipelined loop (the teacher yields batch i once batch i+1 is queued): no
+        # compute of its own, so it is left out
+        times = times[:-1]
+        first = max(1, int(len(times) * WARMUP_FRACTION))
     if len(times) - first < 2:
         return []
     count = min(WINDOWS, len(times) - first)
@@ -209,12 +215,13 @@ CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tok
 # (median 512 tokens, 60% answer, cut at 1,024) a sequence reaches the cut with probability ~0.25, so a batch of 64
 # (base.yaml's teacher.generation.batch_size) all but surely runs the longest answer there is, 614 steps. Measured
 # on one H200 (2026-12-01, 71e2f60): at batch 4, 24 prompts decoded 3,329 steps in 341 s (~100 ms a step, 22
-# generated tokens/s); the step is launch-bound, so at 64 a batch takes ~60-75 s. The cap is therefore exactly
-# GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the first ones the rehearsal draws): 5
-# batches leave, after the warm-up batch (the first mark) and the dropped last mark, 2 one-batch windows (_windows
-# below), and keep a 32B calibration inside one 10-minute call. An explicit teacher_tokens cap
+# generated tokens/s); the step is launch-bound, so at 64 a batch was expected to take ~60-75 s. At d1914ba a
+# 5-batch calibration of sft_32b_1b ran out of a 560 s call in its eval, so a batch of 64 takes ~90 s (~145 ms a
+# step). The cap is therefore exactly GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the
+# first ones the rehearsal draws): 4 batches leave, after the warm-up batch (ended by the first mark), 3 one-batch
+# windows (_windows below), and keep a 32B calibration inside one 10-minute call. An explicit teacher_tokens cap
 # (--calibration-tokens) overrides it (prompt tokens).
-GENERATION_CALIBRATION_BATCHES = 5
+GENERATION_CALIBRATION_BATCHES = 4
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
 
