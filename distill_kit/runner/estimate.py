@@ -216,11 +216,11 @@ CPU_CALIBRATION = {"teacher_tokens": 20_000, "student_tokens": 20_000, "eval_tok
 # (base.yaml's teacher.generation.batch_size) all but surely runs the longest answer there is, 614 steps. Measured
 # on one H200 (2026-12-01, 71e2f60): at batch 4, 24 prompts decoded 3,329 steps in 341 s (~100 ms a step, 22
 # generated tokens/s); the step is launch-bound, so at 64 a batch was expected to take ~60-75 s. At d1914ba a
-# 5-batch calibration of sft_32b_1b ran out of a 560 s call in its eval; at d9dd5af a steady batch of 64 took 75-80 s
-# (~125 ms a step, 272 generated tokens/s). The cap is therefore exactly GENERATION_CALIBRATION_BATCHES x batch_size prompts (the prompt tokens of the
-# first ones the rehearsal draws): 4 batches leave, after the warm-up batch (ended by the first mark), 3 one-batch
-# windows (_windows below), and keep a 32B calibration inside one 10-minute call. An explicit teacher_tokens cap
-# (--calibration-tokens) overrides it (prompt tokens).
+# 5-batch calibration of sft_32b_1b ran out of a 560 s call in its eval; at d9dd5af a steady batch of 64 took
+# 75-80 s (~125 ms a step, 272 generated tokens/s). The cap is therefore exactly GENERATION_CALIBRATION_BATCHES x
+# batch_size prompts (the prompt tokens of the first ones the rehearsal draws): 4 batches leave, after the warm-up
+# batch (ended by the first mark), 3 one-batch windows (_windows below), and keep a 32B calibration inside one
+# 10-minute call. An explicit teacher_tokens cap (--calibration-tokens) overrides it (prompt tokens).
 GENERATION_CALIBRATION_BATCHES = 4
 CALIBRATION_PRERUN = ["energy.idle_seconds=5", "energy.burn_in_seconds=3"]
 
