@@ -52,15 +52,20 @@ if [[ $part == estimates ]]; then
   for m in ${ESTIMATES:-kd_32b_1b kd_32b_7b kd_32b_13b sft_32b_1b sft_32b_7b sft_32b_13b baseline_sft_1b baseline_sft_7b baseline_sft_13b eval_olmo2_1b}; do
     echo "[$(date +%T)] estimate $m"
     rm -rf /tmp/distill-kit-estimate-*  # a calibration killed by an older kit left its run folder (51 GB at 13B)
+    # The calibration runs in runs/estimates/cal-<manifest>: one cut off by the call's limit continues (--resume)
+    # in the next call of the same warm machine. Another manifest's cut calibration is dropped (a 13B's is ~55 GB).
+    cal="$keep/cal-$m"; for d in "$keep"/cal-*; do [[ -e $d && $d != "$cal" ]] && rm -rf "$d"; done
+    resume=(); [[ -d $cal ]] && resume=(--resume) && echo "continuing the cut calibration in $cal"
     read -ra args <<< "$(extra "$m")"
     reuse=(); for f in "$keep"/estimate_*.json; do [[ -e $f ]] && reuse+=(--reuse "$f"); done
     # Limits measured on one H200: a 13B optimizer step ~24 s (8 steps + compile + eval, ~330 s; 300 s cut one),
     # a 32B generation calibration 5 batches of 64 at ~100 ms a decode step.
     case $m in sft_*) limit=590;; *_13b) limit=570;; *) limit=300;; esac
     limit=${ESTIMATE_TIMEOUT:-$limit}
-    timeout "$limit" python -m distill_kit estimate "$m" "${args[@]}" "${reuse[@]}" --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
+    timeout "$limit" python -m distill_kit estimate "$m" "${args[@]}" "${reuse[@]}" --run-dir "$cal" "${resume[@]}" \
+      --json "$out/estimate_$m.json" 2>&1 | grep -v "━" | tail -25
     python -m benchmarks.stamp_estimate "$out/estimate_$m.json" distill-kit estimate "$m" "${args[@]}" "${reuse[@]}" \
-      && cp "$out/estimate_$m.json" "$keep/"
+      && cp "$out/estimate_$m.json" "$keep/" && rm -rf "$cal"
   done
   echo "[$(date +%T)] estimates done"
 fi

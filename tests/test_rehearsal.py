@@ -373,6 +373,33 @@ def test_a_terminated_estimate_removes_its_temporary_run_folder(tmp_path):
     assert not list(tmp_path.glob("distill-kit-estimate-*")), sorted(p.name for p in tmp_path.rglob("*"))[:20]
 
 
+def test_a_cut_calibration_resumes_with_its_finished_stages_kept(tmp_path):
+    """A calibration killed in its eval (a call's time limit on the GPU machine) continues with --resume: the
+    teacher and student are not run again, their windows come from the first process's timestamps, and the eval,
+    run again from its start, is timed by its last attempt alone."""
+    from tests.conftest import kill_when, spawn_cli
+
+    run_dir = tmp_path / "cal"
+    args = ["estimate", "smoke-kd", "--calibration-tokens", "4k", *CAPS, "--set", "teacher.batch_size=4", "--run-dir",
+            str(run_dir)]  # batches of 4: several teacher items, so steady windows
+    kill_when(spawn_cli(*args), (run_dir / "stages" / "student" / "summary.json").exists)
+    assert (run_dir / "estimate_timing.json").exists()
+    again = run_cli(*args)
+    assert again.returncode == 2 and "add --resume" in again.output, again.output
+    out = tmp_path / "estimate.json"
+    resumed = run_cli(*args, "--resume", "--json", str(out))
+    assert resumed.returncode == 0, resumed.output
+    calibration = {c["stage"]: c for c in _json(out)["calibration"]}
+    for stage in ("teacher", "student"):
+        summary = _json(run_dir / "stages" / stage / "summary.json")
+        assert [a["status"] for a in summary["attempts"]] == ["finished"]  # not run again
+        assert calibration[stage]["windows"] and calibration[stage]["wall_s"] == summary["wall_time_s"]
+    evaluation = _json(run_dir / "stages" / "eval" / "summary.json")
+    assert calibration["eval"]["wall_s"] == evaluation["attempts"][-1]["duration_s"]
+    no_folder = run_cli("estimate", "smoke-kd", "--resume")
+    assert no_folder.returncode == 2 and "name that folder" in no_folder.output  # --resume needs --run-dir
+
+
 def test_estimate_refuses_a_bad_token_count(tmp_path):
     result = run_cli("estimate", "smoke-kd", "--student-tokens", "ten")
     assert result.returncode == 2

@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
                                     "(default: the manifest's country_iso_code)."),
         json_out: Path = typer.Option(None, "--json", help="Also write the estimate as JSON here."),
         run_dir: Path = typer.Option(None, "--run-dir", help="Where the calibration rehearsal runs (default: a "
-                                     "temporary folder, removed after)."),
+                                     "temporary folder, removed after); kept, so a cut calibration can --resume."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the calibration cut off in --run-dir (same "
+                                    "arguments): its finished stages are kept, the cut stage runs again."),
         calibration_tokens: str = typer.Option(None, "--calibration-tokens", help="Teacher and student tokens of "
                                                "the calibration (default: 400k teacher / 400k student on a GPU; a "
                                                "generating teacher: exactly 4 batches of prompts; an explicit cap "
@@ -109,12 +111,14 @@ def register(app: typer.Typer) -> None:
             full["kd"] = full["sft"] = parse_token_count(student_tokens) if student_tokens else None
         except ValueError as err:
             raise InvalidInput(str(err)) from err
+        if resume and run_dir is None:
+            raise InvalidInput("--resume continues a calibration kept in --run-dir: name that folder")
         caps = {"teacher_tokens": calibration, "student_tokens": calibration} if calibration else {}
         folder = run_dir or Path(tempfile.mkdtemp(prefix="distill-kit-estimate-")) / "run"
         try:
             with _terminate_as_interrupt():
                 result = run_estimate(manifest, folder, gpus, country, caps, full, list(set_), RichProgress(),
-                                      list(reuse))
+                                      list(reuse), resume)
         finally:
             if run_dir is None:
                 shutil.rmtree(folder.parent, ignore_errors=True)

@@ -168,11 +168,33 @@ def calibrations(run_dir: Path, timing: TimingProgress) -> list[StageCalibration
         summary = read_json(run_dir / layout.stage_file(name, layout.STAGE_SUMMARY))
         prefix = LOOPS.get(summary["kind"])
         loop = timing.loop(prefix) if prefix else None
+        wall, energy = _last_attempt(summary)
         out.append(StageCalibration(summary["stage"], summary["kind"], summary["token_kind"], summary["tokens"],
-                                    summary["wall_time_s"], stage_energy_j(summary),
-                                    _windows(run_dir, summary, loop) if loop else [],
+                                    wall, energy, _windows(run_dir, summary, loop) if loop else [],
                                     summary["outputs"] if summary["kind"] == "eval" else {}))
     return out
+
+
+RESUME_MARKS = ("resumed_after_sequences", "resumed_after_prompts", "resumed_from_step")
+
+
+def _last_attempt(summary: dict[str, Any]) -> tuple[float, float | None]:
+    """Seconds and joules of the stage as calibrated: a stage of a resumed calibration (``estimate --resume``) that
+    was cut off ran again from its start (its caps stay below the first logit or generation shard and the first
+    checkpoint), so its last attempt is the whole stage and the cut one is not counted."""
+    attempts = summary.get("attempts") or []
+    if len(attempts) <= 1:
+        return summary["wall_time_s"], stage_energy_j(summary)
+    if any(summary["outputs"].get(key) for key in RESUME_MARKS):
+        from distill_kit.errors import InvalidInput
+
+        raise InvalidInput(f"the calibration's {summary['stage']} stage resumed part-way through (a shard or "
+                           "checkpoint of the cut attempt was kept), so no attempt times the whole stage: start "
+                           "the estimate again in a new --run-dir")
+    last = attempts[-1]
+    values = [f.get("energy_j") for f in (last.get("energy") or {}).values()]
+    known = [v for v in values if v is not None]
+    return float(last["duration_s"]), (sum(known) if known else None)
 
 
 def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePrediction:
@@ -359,11 +381,18 @@ def _reused(entry: dict[str, Any]) -> StageCalibration:
                            f"is incomplete ({type(err).__name__}: {err})") from err
 
 
+TIMING_FILE = "estimate_timing.json"  # in the calibration's run directory: the finished stages' loop timestamps
+
+
 def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = None,
              caps: dict[str, int] | None = None, tokens: dict[str, int | None] | None = None,
-             overrides: list[str] | None = None, progress: Any = None, reuse: list[Path] | None = None) -> Estimate:
+             overrides: list[str] | None = None, progress: Any = None, reuse: list[Path] | None = None,
+             resume: bool = False) -> Estimate:
     """Calibrate by a short rehearsal into ``run_dir``, then predict the full run (see the module docstring);
-    stages whose calibration an earlier estimate in ``reuse`` holds are taken from it (runner/calibration_reuse.py)."""
+    stages whose calibration an earlier estimate in ``reuse`` holds are taken from it (runner/calibration_reuse.py).
+    ``resume`` continues a calibration that was cut off in ``run_dir`` (same manifest, caps and overrides): its
+    finished stages and their loops' timestamps (:data:`TIMING_FILE`, written after every stage) are kept, the cut
+    stage runs again from its start."""
     import torch
 
     from distill_kit.manifest import load_manifest
@@ -390,7 +419,12 @@ def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = 
         sets.append("rehearsal.stand_in_teacher=true")  # its outputs for the stages after it, not its cost
     if stages[-1].kind == "eval" and stages[-1].name in taken and len(stages) > 1:
         stop_after = names[-2]  # a reused evaluation is the last stage: the rehearsal stops before it
-    rehearsed = rehearse(manifest, run_dir, all_caps, sets, progress, stop_after=stop_after)
+    timing = TimingProgress(progress)
+    timing_path = Path(run_dir) / TIMING_FILE
+    if resume and timing_path.exists():
+        timing.restore(read_json(timing_path))
+    rehearsed = rehearse(manifest, run_dir, all_caps, sets, progress, stop_after=stop_after, resume=resume,
+                         timing=timing, timing_path=timing_path)
     measured = {c.stage: c for c in calibrations(rehearsed.run_dir, rehearsed.timing)}
     result = []
     for name in names:

@@ -30,6 +30,7 @@ class _PeakRunner(Runner):
 
     peaks: dict[str, float]
     stop_after: str | None = None
+    timing_path: Path | None = None  # where the loops' timestamps are kept after every finished stage
 
     def _stage(self, planned: Any, device: str) -> dict[str, Any]:
         import torch
@@ -39,6 +40,10 @@ class _PeakRunner(Runner):
         summary = super()._stage(planned, device)
         if device == "cuda":
             self.peaks[planned.name] = torch.cuda.max_memory_allocated() / 2**30
+        if self.timing_path is not None and isinstance(self.progress, TimingProgress):
+            from distill_kit._io import atomic_write_json
+
+            atomic_write_json(self.timing_path, self.progress.to_list())  # a cut calibration keeps what finished
         if planned.name == self.stop_after:
             raise _Stopped(planned.name)
         return summary
@@ -53,14 +58,14 @@ def rehearsal_manifest(manifest: str, caps: dict[str, int], overrides: list[str]
 
 def rehearse(manifest: str, run_dir: Path, caps: dict[str, int], overrides: list[str] | None = None,
              progress: Progress | None = None, stop_after: str | None = None, resume: bool = False,
-             timing: TimingProgress | None = None) -> Rehearsed:
+             timing: TimingProgress | None = None, timing_path: Path | None = None) -> Rehearsed:
     """Rehearse ``manifest`` into ``run_dir`` (new, or an unfinished one with ``resume``) with the token ``caps``
     (teacher_tokens, student_tokens, eval_tokens) and extra ``--set`` overrides; ``stop_after`` a stage name leaves
     the run unfinished after it."""
     resolved = rehearsal_manifest(manifest, caps, overrides or [])
     timing = timing or TimingProgress(progress)
     runner = _PeakRunner(resolved, run_dir, timing, runtime="local")
-    runner.peaks, runner.stop_after = {}, stop_after
+    runner.peaks, runner.stop_after, runner.timing_path = {}, stop_after, timing_path
     try:
         outcome = runner.execute(resume=resume)
     except _Stopped:
