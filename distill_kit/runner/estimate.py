@@ -192,9 +192,7 @@ def _last_attempt(summary: dict[str, Any]) -> tuple[float, float | None]:
                            "checkpoint of the cut attempt was kept), so no attempt times the whole stage: start "
                            "the estimate again in a new --run-dir")
     last = attempts[-1]
-    values = [f.get("energy_j") for f in (last.get("energy") or {}).values()]
-    known = [v for v in values if v is not None]
-    return float(last["duration_s"]), (sum(known) if known else None)
+    return float(last["duration_s"]), stage_energy_j(last)  # an attempt's "energy" has the summary's shape
 
 
 def predict_stage(calibration: StageCalibration, tokens: int | None) -> StagePrediction:
