@@ -397,6 +397,11 @@ def test_a_cut_calibration_resumes_with_its_finished_stages_kept(tmp_path):
     evaluation = _json(run_dir / "stages" / "eval" / "summary.json")
     assert [a["status"] for a in evaluation["attempts"]] == ["interrupted", "finished"]
     assert calibration["eval"]["wall_s"] == evaluation["attempts"][-1]["duration_s"] < evaluation["wall_time_s"]
+    for damaged in ("{not json", '[{"description": "teacher"}]'):  # an edited timing file: named, exit 2
+        (run_dir / "estimate_timing.json").write_text(damaged)
+        refused = run_cli("estimate", "smoke-kd", "--run-dir", str(run_dir), "--resume")
+        assert refused.returncode == 2 and "estimate_timing.json is not the calibration's" in refused.output
+        assert_no_traceback(refused)
     no_folder = run_cli("estimate", "smoke-kd", "--resume")
     assert no_folder.returncode == 2 and "name that folder" in no_folder.output  # --resume needs --run-dir
 

@@ -420,7 +420,13 @@ def estimate(manifest: str, run_dir: Path, gpus: int = 1, country: str | None = 
     timing = TimingProgress(progress)
     timing_path = Path(run_dir) / TIMING_FILE
     if resume and timing_path.exists():
-        timing.restore(read_json(timing_path))
+        try:
+            timing.restore(read_json(timing_path))
+        except (ValueError, KeyError, TypeError) as err:  # edited or damaged: named, not a traceback
+            from distill_kit.errors import InvalidInput
+
+            raise InvalidInput(f"{timing_path} is not the calibration's timing file ({type(err).__name__}: {err}): "
+                               "start the estimate again in a new --run-dir") from err
     rehearsed = rehearse(manifest, run_dir, all_caps, sets, progress, stop_after=stop_after, resume=resume,
                          timing=timing, timing_path=timing_path)
     measured = {c.stage: c for c in calibrations(rehearsed.run_dir, rehearsed.timing)}
