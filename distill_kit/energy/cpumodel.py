@@ -15,6 +15,7 @@ docs/energy.md, "CPU and RAM without RAPL".
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -223,18 +224,27 @@ def _tree(process: Any) -> list[Any]:
 
 
 def tree_cpu_s(process: Any) -> float:
-    """CPU seconds of a process, its reaped children and every live descendant."""
+    """CPU seconds of a process, every live descendant, and every child any of them has reaped (each member's
+    ``children_*``: a grandchild reaped by a child moves its time there, not to the root's)."""
     import psutil
 
-    times = process.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in _tree(process)[1:]:
+    total = 0.0
+    for member in _tree(process):
         try:
-            child_times = child.cpu_times()
+            times = member.cpu_times()
         except psutil.Error:
             continue  # ended between the listing and the read: its time is in its parent's children_*
-        total += child_times.user + child_times.system
+        total += times.user + times.system + times.children_user + times.children_system
     return total
+
+
+def window_cpu_s(readings: list[float]) -> float:
+    """The process tree's CPU seconds over a window from its successive ``tree_cpu_s`` readings (the edges and the
+    sampler's rows between them): the sum of the rises. A reading falls only when a descendant leaves the tree
+    unreaped by it (orphaned: its parent ended first, init reaps it), taking all its CPU time, most of it spent
+    before the window, with it. A plain end-minus-start would subtract that; the sum of rises keeps what every
+    interval measured, short only of the orphan's work since the last reading (docs/energy.md)."""
+    return sum(max(0.0, b - a) for a, b in itertools.pairwise(readings))
 
 
 def tree_rss_mib(process: Any) -> float:
@@ -272,9 +282,9 @@ def _usage(domain: str, attribution: str, start: dict[str, Any], end: dict[str, 
     key = USAGE_KEYS[domain][ATTRIBUTIONS.index(attribution)]
     if start.get(key) is None or end.get(key) is None:
         return None
-    if domain == "cpu":
-        return float(end[key]) - float(start[key])
     points = [float(start[key]), *samples, float(end[key])]
+    if domain == "cpu":
+        return window_cpu_s(points)
     return sum(points) / len(points) / 1024.0
 
 
@@ -283,7 +293,8 @@ def model_figure(domain: str, model: PowerModel, duration_s: float, start: dict[
                  codecarbon: dict[str, Any] | None = None) -> EnergyFigure | None:
     """The model's figure of one window for ``cpu`` or ``ram`` (process attribution as the headline, machine
     beside it), or None when the edges hold no usage readings. ``samples``: the trace's in-window values per
-    usage column (RAM only). CodeCarbon's figure for the window, when given, is its cross-check."""
+    usage column (the tree's CPU seconds and memory; the machine's memory). CodeCarbon's figure for the window,
+    when given, is its cross-check."""
     attribution: dict[str, dict[str, float]] = {}
     for who in ATTRIBUTIONS:
         key = USAGE_KEYS[domain][ATTRIBUTIONS.index(who)]

@@ -83,12 +83,19 @@ class _ForeignCpu:
             return None
 
     def percent(self) -> float | None:
+        """Other processes' share since the last call; reads the tree, so ``tree_cpu_s`` is this row's reading."""
         now = self._read()
         last, self._last = self._last, now
         if now is None or last is None or now[0] <= last[0]:
             return None
-        foreign_s = (now[1] - last[1]) - (now[2] - last[2])
+        # The tree's reading falls only when an orphaned descendant leaves it (cpumodel.window_cpu_s): that is
+        # no one else's work, so the tree's share of the interval is its rise, never a negative one.
+        foreign_s = (now[1] - last[1]) - max(0.0, now[2] - last[2])
         return max(0.0, min(100.0, 100.0 * foreign_s / ((now[0] - last[0]) * self._cpus)))
+
+    def tree_cpu_s(self) -> float | None:
+        """The tree's CPU seconds as ``percent`` just read them (the CPU model's in-window readings)."""
+        return self._last[2] if self._last else None
 
 
 def _foreign_cpu(parent_pid: int | None) -> _ForeignCpu | None:
@@ -126,6 +133,7 @@ def _read_row(attempt: int, gpus: NvmlGpus | None, zones: list, cpu: _CpuUtil,
               foreign: _ForeignCpu | None) -> dict[str, object]:
     row: dict[str, object] = {"t": repr(time.time()), "attempt": attempt, "cpu_util_pct": cpu.percent(),
                               "cpu_foreign_pct": foreign.percent() if foreign else None,
+                              "cpu_tree_s": foreign.tree_cpu_s() if foreign else None,
                               "ram_used_mib": _ram_used_mib(),
                               "ram_tree_mib": foreign.tree_rss_mib() if foreign else None}
     errors = []
@@ -156,7 +164,7 @@ def run(out: Path, interval_ms: int, attempt: int, parent_pid: int | None) -> in
     gpus, zones = _open_sensors()
     cpu = _CpuUtil()
     foreign = _foreign_cpu(parent_pid)
-    columns = ["t", "attempt", "cpu_util_pct", "cpu_foreign_pct", "ram_used_mib", "ram_tree_mib"]
+    columns = ["t", "attempt", "cpu_util_pct", "cpu_foreign_pct", "cpu_tree_s", "ram_used_mib", "ram_tree_mib"]
     if gpus:
         columns += [f"gpu{i}_{f}" for i in range(len(gpus.gpus)) for f in GPU_FIELDS]
     columns += [f"rapl_{z.name}_uj" for z in zones]
