@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A test run started in the background of a non-interactive shell (`nohup make test &`) inherits SIGINT ignored,
+# and an ignored signal stays ignored across exec: every CLI the tests start would shrug off the Ctrl-C the
+# interrupt tests send it. A terminal's Ctrl-C is what they mean, so the default handler comes back here (it is
+# reset to the default action, not to "ignored", in the processes the tests start).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass
