@@ -13,6 +13,9 @@ RUNTIME ?= auto
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= run,eval,report,leaderboard,dev
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; 0 runs them in this one). Most tests wait on subprocesses, servers and containers,
+# so two processes on CI's two cores overlap one test's waiting with another's work; a file stays on one process.
+PYTEST_WORKERS ?= 2
 
 # An active virtual environment is used as it is; otherwise .venv is created.
 ifdef VIRTUAL_ENV
@@ -54,7 +57,7 @@ reproduce: setup
 
 test: setup
 	status=0
-	$(PY) -m pytest $(PYTEST_ARGS) || status=$$?
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) || status=$$?
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
 	exit $$status
 
