@@ -122,8 +122,8 @@ def modelled_figure(domain: str, trace: Trace, t_start: float, t_end: float, edg
     if not edges or not edges.get("power_model"):
         return None
     inside = trace.window(t_start, t_end)
-    sampled = (*USAGE_KEYS["ram"], USAGE_KEYS["cpu"][0])  # the sampler reads the tree's CPU seconds too
-    samples = {key: [v for _, v in inside.values(key)] for key in sampled if key in trace.columns}
+    samples = {key: [v for _, v in inside.values(key)] for keys in USAGE_KEYS.values() for key in keys
+               if key in trace.columns}
     return model_figure(domain, PowerModel.from_dict(edges["power_model"]), t_end - t_start,
                         edges.get("start") or {}, edges.get("end") or {}, samples, codecarbon)
 

@@ -82,20 +82,17 @@ class _ForeignCpu:
         except (self._psutil.Error, OSError):
             return None
 
-    def percent(self) -> float | None:
-        """Other processes' share since the last call; reads the tree, so ``tree_cpu_s`` is this row's reading."""
+    def sample(self) -> tuple[float | None, float | None]:
+        """Other processes' share of the machine since the last call, and the tree's CPU seconds now."""
         now = self._read()
         last, self._last = self._last, now
+        tree_s = now[2] if now else None
         if now is None or last is None or now[0] <= last[0]:
-            return None
+            return None, tree_s
         # The tree's reading falls only when an orphaned descendant leaves it (cpumodel.window_cpu_s): that is
         # no one else's work, so the tree's share of the interval is its rise, never a negative one.
         foreign_s = (now[1] - last[1]) - max(0.0, now[2] - last[2])
-        return max(0.0, min(100.0, 100.0 * foreign_s / ((now[0] - last[0]) * self._cpus)))
-
-    def tree_cpu_s(self) -> float | None:
-        """The tree's CPU seconds as ``percent`` just read them (the CPU model's in-window readings)."""
-        return self._last[2] if self._last else None
+        return max(0.0, min(100.0, 100.0 * foreign_s / ((now[0] - last[0]) * self._cpus))), tree_s
 
 
 def _foreign_cpu(parent_pid: int | None) -> _ForeignCpu | None:
@@ -131,9 +128,9 @@ def _open_sensors() -> tuple[NvmlGpus | None, list]:
 
 def _read_row(attempt: int, gpus: NvmlGpus | None, zones: list, cpu: _CpuUtil,
               foreign: _ForeignCpu | None) -> dict[str, object]:
+    foreign_pct, tree_s = foreign.sample() if foreign else (None, None)
     row: dict[str, object] = {"t": repr(time.time()), "attempt": attempt, "cpu_util_pct": cpu.percent(),
-                              "cpu_foreign_pct": foreign.percent() if foreign else None,
-                              "cpu_tree_s": foreign.tree_cpu_s() if foreign else None,
+                              "cpu_foreign_pct": foreign_pct, "cpu_tree_s": tree_s,
                               "ram_used_mib": _ram_used_mib(),
                               "ram_tree_mib": foreign.tree_rss_mib() if foreign else None}
     errors = []
